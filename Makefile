@@ -1,0 +1,125 @@
+# libblackmamba build. `make` builds the libraries, tools and examples;
+# `make test` runs every test; `make install PREFIX=... DESTDIR=...` installs.
+# The CUDA backend is built when nvcc is found (CUDA=0 turns it off).
+
+VERSION_MAJOR := 0
+VERSION_MINOR := 1
+VERSION_PATCH := 0
+VERSION := $(VERSION_MAJOR).$(VERSION_MINOR).$(VERSION_PATCH)
+
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+BINDIR ?= $(PREFIX)/bin
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+DESTDIR ?=
+
+BUILD ?= build
+CC ?= cc
+CFLAGS ?= -O2 -g
+SAN ?=
+DEPLIBS := -lyaml -ljansson -lutf8proc -lm -lpthread
+
+BM_CPPFLAGS := -Iinclude -Ilib -D_GNU_SOURCE -DBM_BUILDING_LIBRARY
+BM_CFLAGS := -std=c11 -Wall -Wextra -Wshadow -fPIC -fvisibility=hidden $(SAN) $(CFLAGS)
+
+SONAME := libblackmamba.so.$(VERSION_MAJOR)
+SHARED := $(BUILD)/libblackmamba.so.$(VERSION)
+STATIC := $(BUILD)/libblackmamba.a
+
+LIB_SRC := $(sort $(wildcard lib/*.c lib/cpu/*.c))
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+
+TOOL_SRC := $(sort $(wildcard tools/*.c))
+TOOLS := $(TOOL_SRC:tools/%.c=$(BUILD)/%)
+EXAMPLE_SRC := $(sort $(wildcard examples/*.c))
+EXAMPLES := $(EXAMPLE_SRC:examples/%.c=$(BUILD)/%)
+TEST_SRC := $(sort $(wildcard test/test_*.c))
+TESTS := $(TEST_SRC:test/%.c=$(BUILD)/%)
+TEST_SUPPORT := $(sort $(wildcard test/support/*.c))
+
+# ---- optional CUDA backend -------------------------------------------------
+NVCC ?= $(shell command -v nvcc 2>/dev/null)
+CUDA ?= $(if $(NVCC),1,0)
+ifeq ($(CUDA),1)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+CUDA_SRC := $(sort $(wildcard cuda/*.cu))
+CUDA_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/obj/%.o)
+CUDA_ARCHS ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_86,code=sm_86 \
+              -gencode arch=compute_89,code=sm_89 -gencode arch=compute_90,code=sm_90 \
+              -gencode arch=compute_90,code=compute_90
+NVCCFLAGS ?= -O3 -std=c++17 $(CUDA_ARCHS) -Xcompiler -fPIC,-fvisibility=hidden -Iinclude -Ilib -DBM_BUILDING_LIBRARY
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart_static -ldl -lrt -lstdc++
+BM_CPPFLAGS += -DBM_WITH_CUDA=1
+else
+CUDA_OBJ :=
+CUDA_LIBS :=
+endif
+
+ALL_LIBS := $(CUDA_LIBS) $(DEPLIBS)
+
+.PHONY: all lib tools examples tests test test-cuda install uninstall clean check-exports
+all: lib tools examples tests
+
+lib: $(SHARED) $(STATIC) $(BUILD)/libblackmamba.so $(BUILD)/blackmamba.pc
+
+$(BUILD)/obj/%.o: %.c $(wildcard include/*.h lib/*.h lib/cpu/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(BM_CPPFLAGS) $(BM_CFLAGS) -c $< -o $@
+
+$(BUILD)/obj/%.o: %.cu $(wildcard include/*.h lib/*.h cuda/*.cuh)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(SHARED): $(LIB_OBJ) $(CUDA_OBJ) lib/blackmamba.map
+	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=lib/blackmamba.map -Wl,--no-undefined \
+	  $(SAN) -o $@ $(LIB_OBJ) $(CUDA_OBJ) $(ALL_LIBS)
+
+$(BUILD)/libblackmamba.so: $(SHARED)
+	ln -sf $(notdir $(SHARED)) $(BUILD)/$(SONAME)
+	ln -sf $(SONAME) $@
+
+$(STATIC): $(LIB_OBJ) $(CUDA_OBJ)
+	rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/blackmamba.pc: pkgconfig/blackmamba.pc.in Makefile
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' \
+	    -e 's|@VERSION@|$(VERSION)|g' -e 's|@PRIVATE_LIBS@|$(ALL_LIBS)|g' $< > $@
+
+# Tools, examples and tests link the static library: tests reach internals.
+tools: $(TOOLS)
+examples: $(EXAMPLES)
+tests: $(TESTS)
+
+$(BUILD)/%: tools/%.c $(STATIC)
+	$(CC) $(BM_CPPFLAGS) $(BM_CFLAGS) -o $@ $< $(STATIC) $(ALL_LIBS)
+
+$(BUILD)/%: examples/%.c $(STATIC)
+	$(CC) $(BM_CPPFLAGS) $(BM_CFLAGS) -o $@ $< $(STATIC) $(ALL_LIBS)
+
+$(BUILD)/test_%: test/test_%.c $(TEST_SUPPORT) test/check.h $(STATIC)
+	$(CC) $(BM_CPPFLAGS) -Itest $(BM_CFLAGS) -o $@ $< $(TEST_SUPPORT) $(STATIC) $(ALL_LIBS)
+
+SHARED_DIR ?= ../shared
+test: all
+	@BM_SHARED=$(SHARED_DIR) BM_BUILD=$(BUILD) sh test/run_tests.sh $(TESTS)
+
+check-exports: $(SHARED)
+	sh test/check_exports.sh $(SHARED) $(SONAME)
+
+install: lib
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR)
+	install -m 644 include/blackmamba.h $(DESTDIR)$(INCLUDEDIR)/
+	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/
+	ln -sf $(notdir $(SHARED)) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libblackmamba.so
+	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/
+	install -m 644 $(BUILD)/blackmamba.pc $(DESTDIR)$(PKGCONFIGDIR)/
+
+uninstall:
+	rm -f $(DESTDIR)$(INCLUDEDIR)/blackmamba.h $(DESTDIR)$(LIBDIR)/libblackmamba.so* \
+	      $(DESTDIR)$(LIBDIR)/libblackmamba.a $(DESTDIR)$(PKGCONFIGDIR)/blackmamba.pc
+
+clean:
+	rm -rf $(BUILD)
