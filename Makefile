@@ -21,13 +21,14 @@ SAN ?=
 DEPLIBS := -lyaml -ljansson -lutf8proc -lm -lpthread
 
 BM_CPPFLAGS := -Iinclude -Ilib -D_GNU_SOURCE -DBM_BUILDING_LIBRARY
-BM_CFLAGS := -std=c11 -Wall -Wextra -Wshadow -fPIC -fvisibility=hidden $(SAN) $(CFLAGS)
+BM_CFLAGS := -std=c11 -Wall -Wextra -Wshadow -Wno-format-truncation -fPIC -fvisibility=hidden $(SAN) $(CFLAGS)
 
 SONAME := libblackmamba.so.$(VERSION_MAJOR)
 SHARED := $(BUILD)/libblackmamba.so.$(VERSION)
 STATIC := $(BUILD)/libblackmamba.a
 
 LIB_SRC := $(sort $(wildcard lib/*.c lib/cpu/*.c))
+BM_CPPFLAGS += -Ilib/cpu
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 
 TOOL_SRC := $(sort $(wildcard tools/*.c))
@@ -40,7 +41,7 @@ TEST_SUPPORT := $(sort $(wildcard test/support/*.c))
 
 # ---- optional CUDA backend -------------------------------------------------
 NVCC ?= $(shell command -v nvcc 2>/dev/null)
-CUDA ?= $(if $(NVCC),1,0)
+CUDA ?= $(if $(and $(NVCC),$(wildcard cuda/*.cu)),1,0)
 ifeq ($(CUDA),1)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 CUDA_SRC := $(sort $(wildcard cuda/*.cu))

@@ -15,12 +15,12 @@
  *  - The library never aborts, exits or prints. It allocates through malloc
  *    and, on the CUDA backend, cudaMalloc; allocation failures are reported
  *    as BM_ERR_OUT_OF_MEMORY.
- *  - Objects are opaque handles made by a *_new/*_load function and released
- *    by the matching *_free function. Every *_free accepts NULL (a no-op).
+ *  - Objects are opaque handles made by a `_new` or `_load` function and released
+ *    by the matching `_free` function. Every `_free` function accepts NULL (a no-op).
  *    Whoever receives a handle owns it.
- *  - Parameter structs carry their own `size` (set by their *_init function)
+ *  - Parameter structs carry their own `size` (set by their `_init` function)
  *    and `reserved` fields that must stay zero, so they can grow without
- *    breaking callers: always call *_init first, then change fields. A `size`
+ *    breaking callers: always call the `_init` function first, then change fields. A `size`
  *    the library does not know, or non-zero reserved fields, is rejected with
  *    BM_ERR_INVALID_ARGUMENT.
  *
@@ -257,11 +257,12 @@ BM_API bm_status bm_step_batch(bm_session *s, bm_state *const *states, const int
 
 typedef struct bm_sampler_params {
     uint32_t size;         /* sizeof(bm_sampler_params), set by bm_sampler_params_init */
-    float temperature;     /* 0 = greedy (argmax, lowest id on ties); default 0.8 */
-    int32_t top_k;         /* keep the k most likely tokens; <= 0 = off; default 40 */
+    float temperature;     /* 0 = greedy (argmax, lowest id on ties); finite, >= 0; default 0.8 */
+    int32_t top_k;         /* keep the k most likely tokens (lower id first on ties); <= 0 = off; default 40 */
     float top_p;           /* keep the smallest set whose probability reaches p; >= 1 = off; default 0.95 */
-    float min_p;           /* drop tokens below min_p * p(most likely); <= 0 = off; default 0.05 */
-    float repeat_penalty;  /* divide positive / multiply negative logits of recent tokens; 1 = off; default 1.1 */
+    float min_p;           /* drop tokens below min_p * p(most likely); <= 0 = off; at most 1; default 0.05 */
+    float repeat_penalty;  /* divide positive / multiply negative logits of recent tokens; 1 = off;
+                              finite, > 0; default 1.1 */
     int32_t n_vocab_valid; /* only ids < this are sampled; 0 (default) = all of n_vocab */
     uint32_t reserved[8];  /* must be zero */
 } bm_sampler_params;
@@ -269,14 +270,49 @@ typedef struct bm_sampler_params {
 /* Fill `p` with the defaults and set p->size. NULL is a no-op. */
 BM_API void bm_sampler_params_init(bm_sampler_params *p);
 
-/* Choose the next token from `logits` (n_vocab floats, not modified).
- * Order: repetition penalty over `recent` (n_recent ids, may be NULL when 0),
- * then greedy if temperature == 0, else temperature, top-k, softmax, top-p,
- * min-p, and one draw. `rng` is the caller's 64-bit generator state: it is
- * advanced by exactly one draw per call (also when greedy), so the same seed
- * gives the same tokens on any backend and thread. `p` may be NULL for
- * defaults. Errors: BM_ERR_INVALID_ARGUMENT (NULL logits/rng/token, n_vocab
- * 0, NaN temperature, ...). Pure function; thread-safe. */
+/* Choose the next token from `logits` (n_vocab floats, not modified) and
+ * store it in *token.
+ *
+ * Steps, in this order:
+ *  1. Repetition penalty: every distinct id in recent[0..n_recent) (recent may
+ *     be NULL when n_recent is 0; repeats count once) has its logit l replaced
+ *     by l / repeat_penalty if l > 0, l * repeat_penalty if l < 0.
+ *  2. Candidates: ids below n_vocab_valid (or n_vocab) whose logit is not NaN
+ *     and not -inf. NaN logits are never chosen.
+ *  3. temperature == 0 (greedy): the candidate with the largest logit, the
+ *     lowest id among equals; the filters below are skipped.
+ *  4. top-k: the k largest logits (lower id first among equals).
+ *  5. Softmax (in double) of logit / temperature over those candidates.
+ *  6. top-p: in order of decreasing probability (lower id first among
+ *     equals), the shortest prefix whose cumulative probability reaches top_p;
+ *     at least one token, so top_p <= 0 keeps only the most likely.
+ *  7. min-p: drop tokens whose probability is below min_p times the largest
+ *     (probabilities of step 5; top-p and min-p each keep a prefix of the same
+ *     order, so their order does not change the result).
+ *  8. One draw u in [0, 1) (see below); walking the kept tokens in increasing
+ *     id order, the first whose running sum of weights exceeds u times the
+ *     kept total is chosen.
+ *
+ * `rng` is the caller's 64-bit generator state; any value, 0 included, is a
+ * valid seed. Every successful call makes exactly one draw, also when greedy,
+ * so a sequence of calls stays in step whatever the parameters. One draw is
+ * SplitMix64:
+ *     *rng += 0x9E3779B97F4A7C15;
+ *     z = *rng;  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9;
+ *                z = (z ^ (z >> 27)) * 0x94D049BB133111EB;  z ^= z >> 31;
+ *     u = (double)(z >> 11) * 0x1.0p-53;
+ * (all arithmetic mod 2^64). The same logits, parameters and seed give the
+ * same token on any backend, host and thread.
+ *
+ * `p` may be NULL for the defaults. Errors (nothing is written, *rng is not
+ * advanced): BM_ERR_INVALID_ARGUMENT for NULL logits, rng or token; n_vocab 0
+ * or above INT32_MAX; recent NULL with n_recent > 0, or an id in recent
+ * outside [0, n_vocab); an unknown p->size or non-zero reserved field;
+ * temperature NaN, negative or infinite; top_p NaN; min_p NaN or above 1;
+ * repeat_penalty NaN, infinite or <= 0; n_vocab_valid negative or above
+ * n_vocab; no candidate at all (every logit NaN or -inf). BM_ERR_OUT_OF_MEMORY
+ * if scratch memory (needed for large top_k or many recent ids) cannot be
+ * had. Never prints; no shared mutable state, so it is thread-safe. */
 BM_API bm_status bm_sample(const float *logits, size_t n_vocab, const bm_sampler_params *p, uint64_t *rng,
                            const int32_t *recent, size_t n_recent, int32_t *token);
 

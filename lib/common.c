@@ -1,5 +1,4 @@
 /* Errors, allocation, number formats: see common.h. */
-#define _GNU_SOURCE
 #include "common.h"
 
 #include <stdarg.h>
@@ -171,4 +170,30 @@ uint64_t bmi_hash64(uint64_t seed, const void *data, size_t n) {
         h *= 0x100000001b3ull;
     }
     return h;
+}
+
+static int compare_ptr(const void *a, const void *b) {
+    uintptr_t x = (uintptr_t) * (const void *const *)a, y = (uintptr_t) * (const void *const *)b;
+    return x < y ? -1 : x > y;
+}
+
+bm_status bmi_check_distinct(const void *const *ptrs, size_t n, const char *fn) {
+    if (n < 2) return BM_OK;
+    if (n <= 16) { /* the common small case needs no allocation */
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = i + 1; j < n; j++)
+                if (ptrs[i] == ptrs[j])
+                    return bmi_fail(BM_ERR_INVALID_ARGUMENT, "%s: entries %zu and %zu are the same state", fn, i, j);
+        return BM_OK;
+    }
+    const void **sorted = bmi_malloc(n * sizeof *sorted);
+    if (!sorted) return bmi_fail(BM_ERR_OUT_OF_MEMORY, "%s: out of memory", fn);
+    memcpy(sorted, ptrs, n * sizeof *sorted);
+    qsort(sorted, n, sizeof *sorted, compare_ptr);
+    bm_status st = BM_OK;
+    for (size_t i = 1; i < n && st == BM_OK; i++)
+        if (sorted[i] == sorted[i - 1])
+            st = bmi_fail(BM_ERR_INVALID_ARGUMENT, "%s: the same state appears twice", fn);
+    bmi_free(sorted);
+    return st;
 }

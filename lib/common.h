@@ -95,6 +95,10 @@ static inline uint64_t bmi_rd64(const void *p) {
     return (uint64_t)bmi_rd32(p) | ((uint64_t)bmi_rd32((const uint8_t *)p + 4) << 32);
 }
 
+/* BM_ERR_INVALID_ARGUMENT naming `fn` if any pointer appears twice in
+ * ptrs[0..n) (sorts a copy: O(n log n)). */
+bm_status bmi_check_distinct(const void *const *ptrs, size_t n, const char *fn);
+
 /* 64-bit FNV-1a, used for fingerprints and checksums (not for security). */
 uint64_t bmi_hash64(uint64_t seed, const void *data, size_t n);
 

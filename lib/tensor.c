@@ -1,5 +1,4 @@
 /* Tensor tables and read-only file mappings: see tensor.h. */
-#define _GNU_SOURCE
 #include "tensor.h"
 
 #include <errno.h>
