@@ -4,10 +4,17 @@
 #include <math.h>
 #include <stdio.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "model.h"
 
 #define NAME_CAP 160
+
+static int online_cpus(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > 256 ? 256 : (int)n;
+}
+
 
 bm_status bmi_model_own(bm_model *m, void *p) {
     if (m->n_owned == m->cap_owned) {
@@ -401,32 +408,17 @@ void bm_model_free(bm_model *m) {
     bmi_free(m);
 }
 
-static int online_cpus(void);
 
-BM_API bm_status bm_model_load(const char *path, const bm_model_params *params, bm_model **out) {
-    bm_model_params defaults;
-    bm_model_params_init(&defaults);
-    const bm_model_params *p = params ? params : &defaults;
-    if (!path || !out) return bmi_fail(BM_ERR_INVALID_ARGUMENT, "bm_model_load: path and out must not be NULL");
-    bm_status st = check_model_params(p);
-    if (st) return st;
-    char config_path[4096], weights_path[4096];
-    int is_torch = 0;
-    if ((st = locate_files(path, config_path, weights_path, sizeof config_path, &is_torch))) return st;
-
+bm_status bmi_model_create(bmi_config *config, bmi_tensor_table *table, const bm_model_params *p, bm_model **out) {
     bm_model *m = bmi_calloc(1, sizeof *m);
-    if (!m) return bmi_fail(BM_ERR_OUT_OF_MEMORY, "out of memory loading %s", path);
-    if ((st = bmi_config_read(config_path, &m->config))) goto fail;
+    if (!m) return bmi_fail(BM_ERR_OUT_OF_MEMORY, "out of memory for a model");
+    m->config = *config;
+    m->table = *table;
+    memset(config, 0, sizeof *config);
+    memset(table, 0, sizeof *table);
     m->config.activation = p->activation;
-    st = is_torch ? bmi_read_torch(weights_path, &m->table) : bmi_read_safetensors(weights_path, &m->table);
-    if (st) {
-        bmi_error_context("%s", weights_path);
-        goto fail;
-    }
-    if ((st = bmi_model_bind_weights(m))) {
-        bmi_error_context("%s", weights_path);
-        goto fail;
-    }
+    bm_status st = bmi_model_bind_weights(m);
+    if (st) goto fail;
     for (int i = 0; i < m->config.n_layers; i++) m->n_mamba_layers += m->config.layers[i].has_mamba;
     m->state_floats = (size_t)m->n_mamba_layers * (size_t)m->config.d_inner *
                       (size_t)(m->config.d_conv - 1 + m->config.d_state);
@@ -443,11 +435,29 @@ fail:
     return st;
 }
 
-#include <unistd.h>
-static int online_cpus(void) {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n < 1 ? 1 : n > 256 ? 256 : (int)n;
+BM_API bm_status bm_model_load(const char *path, const bm_model_params *params, bm_model **out) {
+    bm_model_params defaults;
+    bm_model_params_init(&defaults);
+    const bm_model_params *p = params ? params : &defaults;
+    if (!path || !out) return bmi_fail(BM_ERR_INVALID_ARGUMENT, "bm_model_load: path and out must not be NULL");
+    bm_status st = check_model_params(p);
+    if (st) return st;
+    char config_path[4096], weights_path[4096];
+    int is_torch = 0;
+    if ((st = locate_files(path, config_path, weights_path, sizeof config_path, &is_torch))) return st;
+    bmi_config config;
+    bmi_tensor_table table = {0};
+    if ((st = bmi_config_read(config_path, &config))) return st;
+    st = is_torch ? bmi_read_torch(weights_path, &table) : bmi_read_safetensors(weights_path, &table);
+    if (st == BM_OK) st = bmi_model_create(&config, &table, p, out);
+    if (st) {
+        bmi_error_context("%s", weights_path);
+        bmi_table_free(&table);
+        bmi_config_free(&config);
+    }
+    return st;
 }
+
 
 BM_API bm_status bm_model_get_info(const bm_model *m, bm_model_info *out) {
     if (!m || !out) return bmi_fail(BM_ERR_INVALID_ARGUMENT, "bm_model_get_info: NULL argument");

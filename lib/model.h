@@ -128,8 +128,12 @@ struct bm_session {
     void *backend_ctx;        /* scratch, thread pool, stream, graphs */
 };
 
-/* Build the model's weights from a checked tensor table (takes ownership of
- * the table on success). */
+/* Make a model from a parsed configuration and a tensor table (both moved
+ * into the model, also on failure, which frees them): binds and checks every
+ * tensor, then initialises the backend `p` asks for. Used by bm_model_load
+ * and by tools that build random-weight models in memory. `p` is checked by
+ * the caller. */
+bm_status bmi_model_create(bmi_config *config, bmi_tensor_table *table, const bm_model_params *p, bm_model **out);
 bm_status bmi_model_bind_weights(bm_model *m);
 /* Register a host buffer the model frees on destruction. */
 bm_status bmi_model_own(bm_model *m, void *p);
