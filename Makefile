@@ -99,8 +99,8 @@ $(BUILD)/%: tools/%.c $(STATIC)
 $(BUILD)/%: examples/%.c $(STATIC)
 	$(CC) $(BM_CPPFLAGS) $(BM_CFLAGS) -o $@ $< $(STATIC) $(ALL_LIBS)
 
-$(BUILD)/test_%: test/test_%.c $(TEST_SUPPORT) test/check.h $(STATIC)
-	$(CC) $(BM_CPPFLAGS) -Itest $(BM_CFLAGS) -o $@ $< $(TEST_SUPPORT) $(STATIC) $(ALL_LIBS)
+$(BUILD)/test_%: test/test_%.c $(TEST_SUPPORT) $(wildcard test/support/*.h) test/check.h $(STATIC)
+	$(CC) $(BM_CPPFLAGS) -Itest -Itest/support $(BM_CFLAGS) -o $@ $< $(TEST_SUPPORT) $(STATIC) $(ALL_LIBS)
 
 SHARED_DIR ?= ../shared
 test: all

@@ -112,10 +112,28 @@ static yaml_node_t *lookup(yaml_document_t *doc, yaml_node_t *map, const char *k
     return NULL;
 }
 
+/* A key given twice would make the file mean different things to different
+ * readers: refuse it. */
+static bm_status check_unique_keys(yaml_document_t *doc, yaml_node_t *map) {
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+        const char *k = scalar_of(yaml_document_get_node(doc, p->key));
+        if (!k) return bmi_fail(BM_ERR_FORMAT, "config.json: a key is not a string");
+        for (yaml_node_pair_t *q = map->data.mapping.pairs.start; q < p; q++) {
+            const char *k2 = scalar_of(yaml_document_get_node(doc, q->key));
+            if (k2 && !strcmp(k, k2)) return bmi_fail(BM_ERR_FORMAT, "config.json: key \"%.64s\" appears twice", k);
+        }
+    }
+    return BM_OK;
+}
+
 static bm_status parse_document(yaml_document_t *doc, bmi_config *c) {
     yaml_node_t *root = yaml_document_get_root_node(doc);
     if (!root || root->type != YAML_MAPPING_NODE)
         return bmi_fail(BM_ERR_FORMAT, "config.json: the top level must be an object");
+    if (root->data.mapping.pairs.top - root->data.mapping.pairs.start > 256)
+        return bmi_fail(BM_ERR_FORMAT, "config.json: more than 256 keys");
+    bm_status unique = check_unique_keys(doc, root);
+    if (unique) return unique;
     static const struct { const char *key; long lo, hi; size_t off; int required; } ints[] = {
         {"num_layers", 1, BMI_MAX_LAYERS, offsetof(bmi_config, n_layers), 1},
         {"hidden_size", 1, 65536, offsetof(bmi_config, d_model), 1},
