@@ -124,3 +124,17 @@ uninstall:
 
 clean:
 	rm -rf $(BUILD)
+
+# The main job of the README: write a small random-weight model in the
+# published layout and generate from it. TOKENIZER=path/to/tokenizer.json
+# turns on text; without it the demo prints token ids.
+DEMO_DIR ?= $(BUILD)/demo-model
+TOKENIZER ?=
+.PHONY: demo
+demo: all
+	$(BUILD)/bm-mkmodel $(DEMO_DIR) --dims tiny --vocab 50304 --seed 7
+ifeq ($(TOKENIZER),)
+	$(BUILD)/bm-generate -m $(DEMO_DIR) --ids -p "510 3158 247 673" -n 32 --seed 1
+else
+	$(BUILD)/bm-generate -m $(DEMO_DIR) --tokenizer $(TOKENIZER) -p "Once upon a time" -n 32 --seed 1
+endif
