@@ -98,6 +98,7 @@ typedef struct bm_model bm_model;
 typedef struct bm_state bm_state;
 typedef struct bm_session bm_session;
 typedef struct bm_tokenizer bm_tokenizer;
+typedef struct bm_sampler_params bm_sampler_params; /* defined under Sampling */
 
 typedef enum bm_backend {
     BM_BACKEND_AUTO = 0, /* CUDA when this build has it and a GPU is present, else CPU */
@@ -172,6 +173,13 @@ typedef struct bm_model_info {
  * Returns BM_ERR_INVALID_ARGUMENT for NULL arguments or an unknown size. */
 BM_API bm_status bm_model_get_info(const bm_model *m, bm_model_info *out);
 
+/* The tokenizer found beside the weights (tokenizer.json in the model
+ * directory) when the model was loaded, or NULL if there was none. Owned by
+ * the model: valid until bm_model_free, never freed by the caller. When a
+ * model has a tokenizer, bm_generate never samples logit rows past its
+ * vocabulary. Thread-safe. */
+BM_API const bm_tokenizer *bm_model_tokenizer(const bm_model *m);
+
 /* ------------------------------------------------------------------------ */
 /* States: one stream's recurrent memory                                    */
 /* ------------------------------------------------------------------------ */
@@ -207,8 +215,12 @@ BM_API bm_status bm_state_load(bm_state *s, const void *buf, size_t len);
 /* ------------------------------------------------------------------------ */
 
 /* A cancel callback: return non-zero to ask the running call to stop. It is
- * polled between chunks of a long prefill and between steps, on the thread
- * that made the call. */
+ * polled on the thread that made the call: before any work of every run call
+ * (which then returns BM_ERR_CANCELLED with every state untouched) and
+ * between the chunks of a long prefill. A prefill cancelled between chunks
+ * returns BM_ERR_CANCELLED with each state consistently advanced: it has
+ * consumed a prefix of its tokens (whole chunks), and bm_state_n_tokens says
+ * how many. Nothing else is ever half done. */
 typedef int (*bm_cancel_fn)(void *user_data);
 
 typedef struct bm_session_params {
@@ -235,7 +247,8 @@ BM_API void bm_session_free(bm_session *s);
  * Errors: BM_ERR_INVALID_ARGUMENT (NULL, n == 0, a token outside
  * [0, vocab_size)), BM_ERR_MISMATCH (state of another model),
  * BM_ERR_CANCELLED, BM_ERR_OUT_OF_MEMORY, BM_ERR_DEVICE. On any error the
- * state is unchanged. */
+ * state is unchanged, except that a prefill cancelled between chunks keeps
+ * the chunks it finished (see bm_cancel_fn). */
 BM_API bm_status bm_prefill(bm_session *s, bm_state *st, const int32_t *tokens, size_t n, float *logits);
 /* As bm_prefill, but `logits` (required) receives n * vocab_size floats: the
  * logits after every position, row i after tokens[0..i]. */
@@ -251,11 +264,31 @@ BM_API bm_status bm_step(bm_session *s, bm_state *st, int32_t token, float *logi
 BM_API bm_status bm_step_batch(bm_session *s, bm_state *const *states, const int32_t *tokens, size_t n,
                                float *logits);
 
+/* Feed several streams their own prompts in one call: states[i] consumes
+ * n_tokens[i] >= 1 tokens from tokens[i]. The prompts are packed (no padding
+ * work); each state ends exactly as a bm_prefill of its prompt alone would
+ * leave it. `logits` is NULL or receives n_streams * vocab_size floats: row i
+ * is the logits after the last token of stream i. States must be distinct.
+ * Errors as bm_prefill; validation failures change no state. */
+BM_API bm_status bm_prefill_batch(bm_session *s, bm_state *const *states, const int32_t *const *tokens,
+                                  const size_t *n_tokens, size_t n_streams, float *logits);
+/* Advance n distinct streams by one token each (as bm_step_batch) and sample
+ * the next token of each from its new logits with bm_sample semantics:
+ * out_tokens[i] is drawn with generator state rngs[i] (advanced by one draw),
+ * so a stream gives the same tokens whatever batch it runs in and on either
+ * backend. The sampled tokens are not fed yet: pass them as `tokens` of the
+ * next call. The logits never leave the device on the CUDA backend. The
+ * repetition penalty needs each stream's recent tokens and is not applied
+ * here: p->repeat_penalty must be 1 (else BM_ERR_INVALID_ARGUMENT); use
+ * bm_step_batch and bm_sample for it. `p` may be NULL for greedy. */
+BM_API bm_status bm_step_batch_sample(bm_session *s, bm_state *const *states, const int32_t *tokens, size_t n,
+                                      const bm_sampler_params *p, uint64_t *rngs, int32_t *out_tokens);
+
 /* ------------------------------------------------------------------------ */
 /* Sampling                                                                 */
 /* ------------------------------------------------------------------------ */
 
-typedef struct bm_sampler_params {
+struct bm_sampler_params {
     uint32_t size;         /* sizeof(bm_sampler_params), set by bm_sampler_params_init */
     float temperature;     /* 0 = greedy (argmax, lowest id on ties); finite, >= 0; default 0.8 */
     int32_t top_k;         /* keep the k most likely tokens (lower id first on ties); <= 0 = off; default 40 */
@@ -265,7 +298,7 @@ typedef struct bm_sampler_params {
                               finite, > 0; default 1.1 */
     int32_t n_vocab_valid; /* only ids < this are sampled; 0 (default) = all of n_vocab */
     uint32_t reserved[8];  /* must be zero */
-} bm_sampler_params;
+};
 
 /* Fill `p` with the defaults and set p->size. NULL is a no-op. */
 BM_API void bm_sampler_params_init(bm_sampler_params *p);
@@ -321,25 +354,166 @@ BM_API bm_status bm_sample(const float *logits, size_t n_vocab, const bm_sampler
 /* ------------------------------------------------------------------------ */
 
 /* Load a Hugging Face tokenizer.json of the byte-level BPE kind (the GPT-NeoX
- * tokenizer of BlackMamba). Free with bm_tokenizer_free. Errors:
- * BM_ERR_INVALID_ARGUMENT, BM_ERR_IO, BM_ERR_FORMAT, BM_ERR_UNSUPPORTED (a
- * tokenizer.json of another kind), BM_ERR_OUT_OF_MEMORY. Thread-safe. */
+ * tokenizer of BlackMamba): model "BPE" with vocab and merges, an NFC (or no)
+ * normalizer, the ByteLevel pre-tokenizer without prefix space, the ByteLevel
+ * decoder, and added tokens (matched before anything else). Free with
+ * bm_tokenizer_free. Errors: BM_ERR_INVALID_ARGUMENT, BM_ERR_IO,
+ * BM_ERR_FORMAT, BM_ERR_UNSUPPORTED (a tokenizer.json of another kind, or
+ * options this library does not implement, e.g. BPE dropout or added tokens
+ * with lstrip/rstrip/single_word; the message names it),
+ * BM_ERR_OUT_OF_MEMORY. Thread-safe. */
 BM_API bm_status bm_tokenizer_load(const char *tokenizer_json_path, bm_tokenizer **out);
-/* NULL is a no-op. */
+/* NULL is a no-op. Every bm_detokenizer made from `t` must be freed first. */
 BM_API void bm_tokenizer_free(bm_tokenizer *t);
 
-/* Encode `len` bytes of UTF-8 `text` into token ids. With ids == NULL,
- * *n_ids receives the count needed. With a buffer too small, *n_ids receives
- * the count needed and BM_ERR_BUFFER_TOO_SMALL is returned. Invalid UTF-8 is
- * BM_ERR_INVALID_ARGUMENT. No BOS is added. Thread-safe. */
+/* Encode `len` bytes of UTF-8 `text` into token ids, as the Hugging Face
+ * tokenizers library does for the same tokenizer.json: added tokens are
+ * matched first (leftmost, longest), the text between them is normalized
+ * (NFC), split by the GPT-2 pattern and BPE-encoded. `text` may be NULL when
+ * len is 0. With ids == NULL, *n_ids receives the count needed and BM_OK is
+ * returned. With a buffer too small, *n_ids receives the count needed,
+ * BM_ERR_BUFFER_TOO_SMALL is returned and ids holds the first `cap` ids.
+ * Invalid UTF-8 (overlong forms, surrogates and code points above U+10FFFF
+ * included) is BM_ERR_INVALID_ARGUMENT with a message giving the byte offset
+ * of the first bad byte. No BOS is added. On other failures the contents of
+ * ids are unspecified. Thread-safe. */
 BM_API bm_status bm_tokenize(const bm_tokenizer *t, const char *text, size_t len, int32_t *ids, size_t cap,
                              size_t *n_ids);
-/* Decode ids to UTF-8 bytes (not NUL-terminated). With buf == NULL, *len
- * receives the bytes needed; too small a buffer is BM_ERR_BUFFER_TOO_SMALL
- * with *len the size needed. Ids outside the vocabulary are
- * BM_ERR_INVALID_ARGUMENT. Thread-safe. */
+/* Decode ids to UTF-8 bytes (not NUL-terminated). Added and special tokens
+ * decode to their text ("<|endoftext|>" included: skip ids you do not want
+ * shown, see bm_tokenizer_is_special). The output is always valid UTF-8:
+ * bytes that do not form a character (ids cut in the middle of one, or a
+ * sequence no text encodes to) become U+FFFD, one for each maximal invalid
+ * subpart as the Unicode standard recommends, like Hugging Face's decode.
+ * With buf == NULL, *len receives the bytes needed; too small a buffer is
+ * BM_ERR_BUFFER_TOO_SMALL with *len the size needed and buf untouched. Ids
+ * outside [0, bm_tokenizer_vocab_size) are BM_ERR_INVALID_ARGUMENT.
+ * Thread-safe. */
 BM_API bm_status bm_detokenize(const bm_tokenizer *t, const int32_t *ids, size_t n, char *buf, size_t cap,
                                size_t *len);
+
+/* Number of token ids, added tokens included: one more than the largest id
+ * (50277 for the BlackMamba tokenizer; the model pads its logit rows beyond
+ * this). 0 for NULL. Thread-safe. */
+BM_API int32_t bm_tokenizer_vocab_size(const bm_tokenizer *t);
+/* The id of the end-of-text token "<|endoftext|>" (0 for BlackMamba), or -1
+ * when the tokenizer has none or t is NULL. Thread-safe. */
+BM_API int32_t bm_tokenizer_eos(const bm_tokenizer *t);
+/* 1 if `id` is a special added token (such as <|endoftext|> or <|padding|>),
+ * 0 otherwise (also for ids out of range and NULL). Thread-safe. */
+BM_API int bm_tokenizer_is_special(const bm_tokenizer *t, int32_t id);
+/* The id of a token given as tokenizer.json spells it: the vocabulary's
+ * byte-level form for BPE tokens (" the" is the UTF-8 of U+0120 followed by
+ * "the") or the content of an added token ("<|endoftext|>"). `token` is
+ * `len` bytes of UTF-8, not necessarily NUL-terminated. Returns -1 when
+ * there is no such token or an argument is NULL. Thread-safe. */
+BM_API int32_t bm_tokenizer_token_to_id(const bm_tokenizer *t, const char *token, size_t len);
+/* The bytes token `id` decodes to, which may be part of a UTF-8 character.
+ * *piece points into the tokenizer (valid until bm_tokenizer_free, not
+ * NUL-terminated) and *len receives its length. Errors:
+ * BM_ERR_INVALID_ARGUMENT (NULL, id out of range). Thread-safe. */
+BM_API bm_status bm_tokenizer_id_to_piece(const bm_tokenizer *t, int32_t id, const char **piece, size_t *len);
+/* The most bytes any one id decodes to. 0 for NULL. Thread-safe. */
+BM_API size_t bm_tokenizer_max_token_bytes(const bm_tokenizer *t);
+
+/* Streaming decoding: a bm_detokenizer turns ids into text one at a time
+ * (as a model generates them) and emits only whole UTF-8 characters, holding
+ * back the bytes of a character that a later token completes. Feeding ids
+ * with bm_detokenizer_push and ending with bm_detokenizer_flush writes,
+ * concatenated, exactly what bm_detokenize writes for the same ids.
+ * A detokenizer is used by one thread at a time; it reads its tokenizer,
+ * which must outlive it and may be shared by any number of detokenizers. */
+typedef struct bm_detokenizer bm_detokenizer;
+
+/* Make a detokenizer for `t`, holding nothing. On success *out receives a
+ * detokenizer the caller frees with bm_detokenizer_free. Errors:
+ * BM_ERR_INVALID_ARGUMENT (NULL), BM_ERR_OUT_OF_MEMORY. */
+BM_API bm_status bm_detokenizer_new(const bm_tokenizer *t, bm_detokenizer **out);
+/* NULL is a no-op. */
+BM_API void bm_detokenizer_free(bm_detokenizer *d);
+/* Feed one id. `buf` receives the bytes (not NUL-terminated) of every
+ * character completed and not yet emitted, *len their count, which may be 0
+ * while a character is incomplete. Bytes that can no longer become a valid
+ * character are emitted at once as U+FFFD. With buf == NULL, *len receives
+ * the bytes this push would write and the detokenizer does not change; with
+ * too small a buffer, BM_ERR_BUFFER_TOO_SMALL with *len the size needed and
+ * the detokenizer unchanged (push the same id again with a larger buffer). A
+ * buffer of 3 * (bm_tokenizer_max_token_bytes(t) + 3) bytes is always
+ * enough. Errors: BM_ERR_INVALID_ARGUMENT (NULL d or len, id out of range;
+ * the detokenizer is unchanged), BM_ERR_BUFFER_TOO_SMALL. */
+BM_API bm_status bm_detokenizer_push(bm_detokenizer *d, int32_t id, char *buf, size_t cap, size_t *len);
+/* End the stream: emit what is held. Held bytes are the start of a character
+ * that never completed, so they are written as one U+FFFD (3 bytes); *len is
+ * 0 or 3. The detokenizer is then empty, as after bm_detokenizer_reset. With
+ * buf == NULL, *len receives the size and nothing changes; too small a buffer
+ * is BM_ERR_BUFFER_TOO_SMALL with nothing changed. */
+BM_API bm_status bm_detokenizer_flush(bm_detokenizer *d, char *buf, size_t cap, size_t *len);
+/* Drop any held bytes and start a new stream. NULL is a no-op. */
+BM_API void bm_detokenizer_reset(bm_detokenizer *d);
+
+/* ------------------------------------------------------------------------ */
+/* Generation                                                               */
+/* ------------------------------------------------------------------------ */
+
+typedef enum bm_stop_reason {
+    BM_STOP_NONE = 0,        /* not stopped (only seen in a result of a failed call) */
+    BM_STOP_EOS = 1,         /* the end-of-text token was sampled */
+    BM_STOP_STRING = 2,      /* one of the caller's stop strings appeared */
+    BM_STOP_MAX_TOKENS = 3,  /* max_tokens were generated */
+    BM_STOP_CALLBACK = 4     /* the piece callback returned non-zero */
+} bm_stop_reason;
+
+/* Receives each new piece of generated text: `len` bytes of complete UTF-8
+ * characters (not NUL-terminated; valid only during the call) and the id of
+ * the token that completed it. Return 0 to go on, non-zero to stop. */
+typedef int (*bm_piece_fn)(const char *piece, size_t len, int32_t token, void *user_data);
+
+typedef struct bm_generate_params {
+    uint32_t size;                   /* sizeof(bm_generate_params), set by bm_generate_params_init */
+    bm_sampler_params sampler;       /* initialised by bm_generate_params_init */
+    int32_t max_tokens;              /* most tokens to generate; default 256 */
+    int32_t repeat_window;           /* recent tokens (prompt and output) the repetition penalty sees; default 64 */
+    const char *const *stop_strings; /* NUL-terminated strings; generation stops before emitting any of them */
+    size_t n_stop_strings;
+    bm_piece_fn on_piece;            /* may be NULL */
+    void *user_data;
+    uint32_t reserved[8];            /* must be zero */
+} bm_generate_params;
+
+typedef struct bm_generate_result {
+    uint32_t size;             /* caller sets sizeof(bm_generate_result) */
+    bm_stop_reason stop;
+    int32_t n_prompt_tokens;   /* tokens the prompt encoded to */
+    int32_t n_generated;       /* tokens sampled (the stopping one included) */
+    double prompt_seconds;     /* wall time of the prompt's prefill */
+    double generate_seconds;   /* wall time from the first sample to the end */
+    uint32_t reserved[8];
+} bm_generate_result;
+
+/* Fill `p` with the defaults and set p->size. NULL is a no-op. */
+BM_API void bm_generate_params_init(bm_generate_params *p);
+
+/* Feed `prompt` (len bytes of UTF-8, encoded with `tok`) to state `st`, then
+ * sample tokens one at a time, stream them to p->on_piece as text, and feed
+ * each to the state, until the end-of-text token, a stop string, max_tokens
+ * or the callback says stop. Every sampled token is fed to the state (the
+ * stopping one too), so the state has seen the prompt and everything
+ * generated, and the next call continues the conversation with its own
+ * prompt. Text of a stop string is never passed to the callback; text that
+ * could still become a stop string is held back until it cannot. Logit rows
+ * at or past bm_tokenizer_vocab_size(tok) are never sampled. `rng` is the
+ * caller's generator state (see bm_sample), advanced once per token. The
+ * prompt must encode to at least one token. `out` may be NULL; if not, its
+ * size must be set. Errors: those of bm_tokenize, bm_prefill and bm_sample;
+ * BM_ERR_CANCELLED from the session's cancel callback. A stop by the piece
+ * callback is not an error (BM_STOP_CALLBACK). On an error after the prompt
+ * was fed, the state has seen the prompt and the tokens reported in
+ * out->n_generated. One thread at a time per session and state. */
+BM_API bm_status bm_generate(bm_session *s, bm_state *st, const bm_tokenizer *tok, const char *prompt, size_t len,
+                             const bm_generate_params *p, uint64_t *rng, bm_generate_result *out);
+/* As bm_generate with the prompt given as token ids (n >= 1). */
+BM_API bm_status bm_generate_ids(bm_session *s, bm_state *st, const bm_tokenizer *tok, const int32_t *prompt,
+                                 size_t n, const bm_generate_params *p, uint64_t *rng, bm_generate_result *out);
 
 #ifdef __cplusplus
 }

@@ -41,6 +41,17 @@ typedef struct bmi_backend {
     /* One token for each of n distinct states; logits NULL or n * vocab. */
     bm_status (*step_batch)(bm_session *s, bm_state *const *states, const int32_t *tokens, size_t n,
                             float *logits);
+    /* Optional (NULL: the host prefills the streams one by one). Several
+     * streams' prompts packed in one pass; logits NULL or n * vocab (the last
+     * position of each). May stop between chunks for cancellation, leaving
+     * each state advanced by whole chunks and n_tokens updated. */
+    bm_status (*prefill_batch)(bm_session *s, bm_state *const *states, const int32_t *const *tokens,
+                               const size_t *n_tokens, size_t n, float *logits);
+    /* Optional (NULL: the host runs step_batch to host logits, then
+     * bm_sample). Steps and samples without the logits leaving the backend;
+     * p is validated, repeat_penalty is 1. */
+    bm_status (*step_batch_sample)(bm_session *s, bm_state *const *states, const int32_t *tokens, size_t n,
+                                   const bm_sampler_params *p, uint64_t *rngs, int32_t *out_tokens);
 } bmi_backend;
 
 extern const bmi_backend bmi_cpu_backend;

@@ -103,6 +103,7 @@ struct bm_model {
     size_t n_owned, cap_owned;
     const bmi_backend *backend;
     void *backend_ctx;        /* the backend's model data (device weights, ...) */
+    bm_tokenizer *tokenizer;  /* tokenizer.json found beside the weights, or NULL */
     int32_t n_threads;
     uint64_t fingerprint;     /* of configuration and weights: saved states carry it */
     uint64_t n_params, n_active_params, weight_bytes;
@@ -126,6 +127,8 @@ struct bm_session {
     bm_cancel_fn cancel;
     void *cancel_data;
     void *backend_ctx;        /* scratch, thread pool, stream, graphs */
+    float *host_logits;       /* [host_logits_rows, vocab] for host-side sampling */
+    size_t host_logits_rows;
 };
 
 /* Make a model from a parsed configuration and a tensor table (both moved

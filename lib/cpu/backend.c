@@ -112,6 +112,58 @@ static bm_status cpu_step_batch(bm_session *s, bm_state *const *states, const in
     return BM_OK;
 }
 
+
+/* Prompts of several streams packed into forwards of up to BMI_CPU_MAX_ROWS
+ * rows. Streams go in order, so the streams that finish in one forward are
+ * consecutive, and their logit rows land consecutively in `logits`. */
+static bm_status cpu_prefill_batch(bm_session *s, bm_state *const *states, const int32_t *const *tokens,
+                                   const size_t *n_tokens, size_t n, float *logits) {
+    bmi_cpu_ctx *ctx = s->backend_ctx;
+    const bm_model *m = s->model;
+    size_t V = (size_t)m->config.vocab_size, total = 0;
+    for (size_t i = 0; i < n; i++) total += n_tokens[i];
+    bm_status r = reserve(s, total < BMI_CPU_MAX_ROWS ? (int)total : BMI_CPU_MAX_ROWS);
+    if (r) return r;
+    int32_t packed[BMI_CPU_MAX_ROWS];
+    int seq_start[BMI_CPU_MAX_ROWS + 1], logit_rows[BMI_CPU_MAX_ROWS];
+    float *data[BMI_CPU_MAX_ROWS];
+    size_t stream = 0, offset = 0; /* the first token not yet fed */
+    for (int first = 1; stream < n; first = 0) {
+        if (!first && s->cancel && s->cancel(s->cancel_data))
+            return bmi_fail(BM_ERR_CANCELLED, "batched prefill cancelled at stream %zu", stream);
+        int rows = 0, n_seq = 0, n_logits = 0;
+        size_t first_finishing = n, i = stream, at = offset;
+        while (i < n && rows < BMI_CPU_MAX_ROWS) {
+            size_t left = n_tokens[i] - at, room = (size_t)(BMI_CPU_MAX_ROWS - rows);
+            size_t take = left < BMI_CPU_MAX_SEQ_ROWS ? left : BMI_CPU_MAX_SEQ_ROWS;
+            if (take > room) take = room;
+            memcpy(packed + rows, tokens[i] + at, take * sizeof(int32_t));
+            seq_start[n_seq] = rows;
+            data[n_seq++] = states[i]->data;
+            rows += (int)take;
+            if (at + take == n_tokens[i]) {
+                if (first_finishing == n) first_finishing = i;
+                logit_rows[n_logits++] = rows - 1;
+                i++, at = 0;
+            } else {
+                at += take;
+            }
+        }
+        seq_start[n_seq] = rows;
+        bmi_cpu_batch b = {n_seq, seq_start, data};
+        bmi_cpu_forward(ctx, m, &b, packed, logit_rows, logits ? n_logits : 0,
+                        logits && n_logits ? logits + first_finishing * V : NULL);
+        /* count what each state consumed */
+        for (size_t k = stream, pos = offset; k <= i && k < n; k++, pos = 0) {
+            size_t end = k < i ? n_tokens[k] : at;
+            states[k]->n_tokens += end - pos;
+        }
+        stream = i;
+        offset = at;
+    }
+    return BM_OK;
+}
+
 const bmi_backend bmi_cpu_backend = {
     .name = "cpu",
     .kind = BM_BACKEND_CPU,
@@ -127,4 +179,6 @@ const bmi_backend bmi_cpu_backend = {
     .session_release = cpu_session_release,
     .prefill = cpu_prefill,
     .step_batch = cpu_step_batch,
+    .prefill_batch = cpu_prefill_batch,
+    .step_batch_sample = NULL, /* the host samples from host logits */
 };
