@@ -38,6 +38,8 @@ EXAMPLES := $(EXAMPLE_SRC:examples/%.c=$(BUILD)/%)
 TEST_SRC := $(sort $(wildcard test/test_*.c))
 TESTS := $(TEST_SRC:test/%.c=$(BUILD)/%)
 TEST_SUPPORT := $(sort $(wildcard test/support/*.c))
+# Test scripts run after the C tests; each prints its own "N passed, N failed".
+SCRIPT_TESTS := test/test_cli.sh
 
 # ---- optional CUDA backend -------------------------------------------------
 NVCC ?= $(shell command -v nvcc 2>/dev/null)
@@ -104,7 +106,7 @@ $(BUILD)/test_%: test/test_%.c $(TEST_SUPPORT) $(wildcard test/support/*.h) test
 
 SHARED_DIR ?= ../shared
 test: all
-	@BM_SHARED=$(SHARED_DIR) BM_BUILD=$(BUILD) sh test/run_tests.sh $(TESTS)
+	@BM_SHARED=$(SHARED_DIR) BM_BUILD=$(BUILD) sh test/run_tests.sh $(TESTS) $(SCRIPT_TESTS)
 
 check-exports: $(SHARED)
 	sh test/check_exports.sh $(SHARED) $(SONAME)

@@ -403,6 +403,7 @@ void bm_model_free(bm_model *m) {
     if (m->backend && m->backend->model_release) m->backend->model_release(m);
     for (size_t i = 0; i < m->n_owned; i++) bmi_free(m->owned[i]);
     bmi_free(m->owned);
+    bm_tokenizer_free(m->tokenizer);
     bmi_table_free(&m->table);
     bmi_config_free(&m->config);
     bmi_free(m);
@@ -454,9 +455,20 @@ BM_API bm_status bm_model_load(const char *path, const bm_model_params *params, 
         bmi_error_context("%s", weights_path);
         bmi_table_free(&table);
         bmi_config_free(&config);
+        return st;
     }
-    return st;
+    /* A tokenizer.json beside config.json belongs to the model. */
+    char tokenizer_path[4096];
+    snprintf(tokenizer_path, sizeof tokenizer_path, "%.*s/tokenizer.json", (int)(strlen(config_path) - 12), config_path);
+    if (is_file(tokenizer_path) && (st = bm_tokenizer_load(tokenizer_path, &(*out)->tokenizer))) {
+        bm_model_free(*out);
+        *out = NULL;
+        return st;
+    }
+    return BM_OK;
 }
+
+BM_API const bm_tokenizer *bm_model_tokenizer(const bm_model *m) { return m ? m->tokenizer : NULL; }
 
 
 BM_API bm_status bm_model_get_info(const bm_model *m, bm_model_info *out) {
