@@ -35,11 +35,13 @@ TOOL_SRC := $(sort $(wildcard tools/*.c))
 TOOLS := $(TOOL_SRC:tools/%.c=$(BUILD)/%)
 EXAMPLE_SRC := $(sort $(wildcard examples/*.c))
 EXAMPLES := $(EXAMPLE_SRC:examples/%.c=$(BUILD)/%)
-TEST_SRC := $(sort $(wildcard test/test_*.c))
+# GPU tests (test/test_cuda*.c) run with `make test-cuda`, not `make test`.
+CUDA_TEST_SRC := $(sort $(wildcard test/test_cuda*.c))
+TEST_SRC := $(filter-out $(CUDA_TEST_SRC),$(sort $(wildcard test/test_*.c)))
 TESTS := $(TEST_SRC:test/%.c=$(BUILD)/%)
 TEST_SUPPORT := $(sort $(wildcard test/support/*.c))
 # Test scripts run after the C tests; each prints its own "N passed, N failed".
-SCRIPT_TESTS := test/test_cli.sh
+SCRIPT_TESTS := test/test_cli.sh test/test_reference.py
 
 # ---- optional CUDA backend -------------------------------------------------
 NVCC ?= $(shell command -v nvcc 2>/dev/null)
@@ -51,18 +53,26 @@ CUDA_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/obj/%.o)
 CUDA_ARCHS ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_86,code=sm_86 \
               -gencode arch=compute_89,code=sm_89 -gencode arch=compute_90,code=sm_90 \
               -gencode arch=compute_90,code=compute_90
-NVCCFLAGS ?= -O3 -std=c++17 $(CUDA_ARCHS) -Xcompiler -fPIC,-fvisibility=hidden -Iinclude -Ilib -DBM_BUILDING_LIBRARY
+NVCCFLAGS ?= -O3 -std=c++17 $(CUDA_ARCHS) -Xcompiler -fPIC,-fvisibility=hidden -Iinclude -Ilib -Icuda \
+             -DBM_BUILDING_LIBRARY -DBM_WITH_CUDA=1
 CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart_static -ldl -lrt -lstdc++
-BM_CPPFLAGS += -DBM_WITH_CUDA=1
+BM_CPPFLAGS += -DBM_WITH_CUDA=1 -Icuda
+# GPU tests and the per-kernel harnesses (cuda/dev/*.cu, llm.c dev/cuda
+# style): compiled by `make` so CI checks them, run by `make test-cuda`.
+CUDA_TESTS := $(CUDA_TEST_SRC:test/%.c=$(BUILD)/%)
+CUDA_DEV_SRC := $(sort $(wildcard cuda/dev/*.cu))
+CUDA_DEV := $(CUDA_DEV_SRC:cuda/dev/%.cu=$(BUILD)/dev/%)
 else
 CUDA_OBJ :=
 CUDA_LIBS :=
+CUDA_TESTS :=
+CUDA_DEV :=
 endif
 
 ALL_LIBS := $(CUDA_LIBS) $(DEPLIBS)
 
-.PHONY: all lib tools examples tests test test-cuda install uninstall clean check-exports
-all: lib tools examples tests
+.PHONY: all lib tools examples tests test test-cuda test-cuda-memcheck cuda-dev install uninstall clean check-exports
+all: lib tools examples tests $(CUDA_TESTS) $(CUDA_DEV)
 
 lib: $(SHARED) $(STATIC) $(BUILD)/libblackmamba.so $(BUILD)/blackmamba.pc
 
@@ -70,7 +80,7 @@ $(BUILD)/obj/%.o: %.c $(wildcard include/*.h lib/*.h lib/cpu/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(BM_CPPFLAGS) $(BM_CFLAGS) -c $< -o $@
 
-$(BUILD)/obj/%.o: %.cu $(wildcard include/*.h lib/*.h cuda/*.cuh)
+$(BUILD)/obj/%.o: %.cu $(wildcard include/*.h lib/*.h cuda/*.cuh cuda/*.h)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
@@ -104,9 +114,48 @@ $(BUILD)/%: examples/%.c $(STATIC)
 $(BUILD)/test_%: test/test_%.c $(TEST_SUPPORT) $(wildcard test/support/*.h) test/check.h $(STATIC)
 	$(CC) $(BM_CPPFLAGS) -Itest -Itest/support $(BM_CFLAGS) -o $@ $< $(TEST_SUPPORT) $(STATIC) $(ALL_LIBS)
 
+# ---- fuzzing (test/fuzz/, docs/ROBUSTNESS.md) --------------------------------
+# `make fuzz` builds the libFuzzer targets with clang, ASan and UBSan in
+# $(FUZZ_BUILD)/fuzz_*; `make test` replays every corpus without libFuzzer
+# ($(BUILD)/replay_*: the committed test/fuzz/corpus/NAME plus seeds that
+# test/fuzz/make_corpus.sh makes from the fixtures in $(BUILD)/fuzz-seeds).
+FUZZ_NAMES := $(sort $(patsubst test/fuzz/fuzz_%.c,%,$(wildcard test/fuzz/fuzz_*.c)))
+REPLAYS := $(FUZZ_NAMES:%=$(BUILD)/replay_%)
+FUZZERS := $(FUZZ_NAMES:%=$(BUILD)/fuzz_%)
+FUZZ_BUILD ?= build-fuzz
+.PHONY: fuzz fuzzers replays fuzz-seeds
+fuzz:
+	$(MAKE) BUILD=$(FUZZ_BUILD) CC=clang CUDA=0 CFLAGS="-O1 -g -fno-omit-frame-pointer" \
+	  SAN="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined" fuzzers
+fuzzers: $(FUZZERS)
+replays: $(REPLAYS)
+$(BUILD)/fuzz_%: test/fuzz/fuzz_%.c $(STATIC)
+	$(CC) $(BM_CPPFLAGS) $(BM_CFLAGS) -fsanitize=fuzzer -o $@ $< $(STATIC) $(ALL_LIBS)
+$(BUILD)/replay_%: test/fuzz/fuzz_%.c test/fuzz/replay.c $(STATIC)
+	$(CC) $(BM_CPPFLAGS) $(BM_CFLAGS) -DFUZZ_NAME='"$*"' -o $@ $< test/fuzz/replay.c $(STATIC) $(ALL_LIBS)
+fuzz-seeds: all
+	@sh test/fuzz/make_corpus.sh $(SHARED_DIR) $(BUILD)/fuzz-seeds $(BUILD)
+
 SHARED_DIR ?= ../shared
-test: all
-	@BM_SHARED=$(SHARED_DIR) BM_BUILD=$(BUILD) sh test/run_tests.sh $(TESTS) $(SCRIPT_TESTS)
+test: all $(REPLAYS) fuzz-seeds
+	@BM_SHARED=$(SHARED_DIR) BM_BUILD=$(BUILD) sh test/run_tests.sh $(TESTS) $(SCRIPT_TESTS) $(REPLAYS)
+
+# ---- CUDA: GPU tests, harnesses, memcheck (docs/CUDA.md) ----------------------
+$(BUILD)/dev/%: cuda/dev/%.cu $(wildcard cuda/dev/*.cuh cuda/*.cuh cuda/*.h) $(STATIC)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -o $@ $< $(STATIC) $(ALL_LIBS)
+
+cuda-dev: $(CUDA_DEV)
+
+test-cuda: all
+	@if [ "$(CUDA)" != 1 ]; then echo "test-cuda: this build has no CUDA backend (no nvcc)"; exit 1; fi
+	@BM_SHARED=$(SHARED_DIR) BM_BUILD=$(BUILD) sh test/run_tests.sh $(CUDA_TESTS) $(CUDA_DEV)
+
+# The GPU tests on small models under compute-sanitizer's memcheck.
+test-cuda-memcheck: all
+	@for t in $(CUDA_TESTS); do \
+	  BM_SHARED=$(SHARED_DIR) BM_CUDA_TEST_SMALL=1 compute-sanitizer --tool memcheck --error-exitcode 9 $$t || exit 1; \
+	done
 
 check-exports: $(SHARED)
 	sh test/check_exports.sh $(SHARED) $(SONAME)
