@@ -107,8 +107,8 @@ class Model(Handle):
 
     Closing: ``close()`` (or leaving a ``with`` block) frees the model at once
     if no State, Session, Detokenizer of its tokenizer, or running generation
-    is alive; otherwise it is marked closed (no new objects can be made from
-    it, its tokenizer stops working) and freed when the last of them is
+    is alive; otherwise it is marked closed (no new State or Session can be made
+    from it, ``State.copy()`` included, and its tokenizer stops working) and freed when the last of them is
     closed or collected. Closing in any order therefore never crashes.
 
     >>> with Model("fixtures/tiny-f32", backend="cpu") as m:
@@ -342,6 +342,51 @@ class Session(Handle):
         out, po = _buffers.new_floats(n * self._V) if logits else (None, None)
         self._run(_native.lib().bm_step_batch(self._h(), handles, p, n, po), "bm_step_batch")
         return _buffers.rows(out, n, self._V) if logits else None
+
+    def prefill_batch(self, states: Sequence[State], prompts: Sequence[Iterable[int]], *,
+                      logits: bool = True) -> Any:
+        """Feed several streams their own prompts in one call (packed, no
+        padding work): states[i] consumes prompts[i] (at least one id each)
+        and ends exactly as ``prefill(states[i], prompts[i])`` would leave it.
+        Returns the logits after each prompt's last token, row i for stream i
+        (None with logits=False). States must be distinct."""
+        states = list(states)
+        prompts = list(prompts)
+        if len(prompts) != len(states):
+            raise InvalidArgumentError(f"{len(states)} states but {len(prompts)} prompts")
+        fn = need("bm_prefill_batch")
+        n = len(states)
+        bufs = [_buffers.ids_in(p, "prompt") for p in prompts]
+        ptrs = (ctypes.POINTER(ctypes.c_int32) * max(n, 1))(*[b[1] for b in bufs])
+        counts = (c_size_t * max(n, 1))(*[b[2] for b in bufs])
+        handles = (c_void_p * max(n, 1))(*[s._h() for s in states])
+        out, po = _buffers.new_floats(n * self._V) if logits else (None, None)
+        self._run(fn(self._h(), handles, ptrs, counts, n, po), "bm_prefill_batch")
+        return _buffers.rows(out, n, self._V) if logits else None
+
+    def step_batch_sample(self, states: Sequence[State], tokens: Iterable[int], rng_states: Iterable[int], *,
+                          temperature: Optional[float] = None, top_k: Optional[int] = None,
+                          top_p: Optional[float] = None, min_p: Optional[float] = None,
+                          n_vocab_valid: Optional[int] = None) -> "tuple[List[int], List[int]]":
+        """Advance several streams by one token each (as step_batch) and
+        sample each stream's next token from its new logits, stream i with
+        generator state rng_states[i]. Returns ``(next_tokens,
+        new_rng_states)``; the sampled tokens are not fed yet (pass them as
+        ``tokens`` next time). A stream gives the same tokens whatever batch
+        it runs in. Parameters left as None take the library defaults; no
+        repetition penalty is applied here (use step_batch and sample)."""
+        fn = need("bm_step_batch_sample")
+        states = list(states)
+        keep, p, n = _buffers.ids_in(tokens)
+        rngs = [int(r) & _U64 for r in rng_states]
+        if n != len(states) or len(rngs) != n:
+            raise InvalidArgumentError(f"{len(states)} states, {n} tokens and {len(rngs)} rng states")
+        sp = sampler_params(temperature, top_k, top_p, min_p, 1.0, n_vocab_valid)
+        handles = (c_void_p * max(n, 1))(*[s._h() for s in states])
+        rng_arr = (c_uint64 * max(n, 1))(*rngs)
+        out = (ctypes.c_int32 * max(n, 1))()
+        self._run(fn(self._h(), handles, p, n, byref(sp), rng_arr, out), "bm_step_batch_sample")
+        return list(out[:n]), list(rng_arr[:n])
 
     # -- generation ---------------------------------------------------------
     def generate_text(self, state: State, prompt: Union[str, Sequence[int]], *,
