@@ -35,6 +35,7 @@ static bm_status cpu_state_upload(const bm_model *m, void *data, const float *ho
 static bm_status cpu_session_init(bm_session *s) {
     bmi_cpu_ctx *ctx = bmi_calloc(1, sizeof *ctx);
     if (!ctx) return bmi_fail(BM_ERR_OUT_OF_MEMORY, "out of memory for a session");
+    ctx->path = bmi_cpu_path_select();
     bm_status st = bmi_pool_new(s->n_threads, &ctx->pool);
     if (st) {
         bmi_free(ctx);

@@ -2,6 +2,7 @@
 #ifndef BM_CPU_H
 #define BM_CPU_H
 
+#include "kernels.h"
 #include "model.h"
 #include "pool.h"
 
@@ -15,6 +16,7 @@ typedef struct bmi_cpu_scratch {
     int rows;
     float *mem;
     int *ints;
+    float *xpack;      /* packed rows of a matrix product's input (kernels.h) */
     float *residual;   /* [rows, d] the fp32 residual stream */
     float *hidden;     /* [rows, d] the last block's output */
     float *normed;     /* [rows, d] RMSNorm(residual); later the final LayerNorm */
@@ -26,7 +28,7 @@ typedef struct bmi_cpu_scratch {
     float *delta;      /* [rows, di] dt_proj output, before softplus */
     float *y;          /* [rows, di] scan output gated by SiLU(z) */
     float *xdbl;       /* [rows, R + 2N] x_proj output: dt, B, C */
-    float *act;        /* [rows, g*F] fc1 output, gated in place to [rows, F] */
+    float *act;        /* [rows, g*F] fc1 output; the gate writes its F outputs over the first F */
     float *router;     /* [rows, E] router logits */
     int *expert_of;    /* [rows] chosen expert */
     int *order;        /* [rows] rows sorted by expert */
@@ -34,6 +36,7 @@ typedef struct bmi_cpu_scratch {
 } bmi_cpu_scratch;
 
 typedef struct bmi_cpu_ctx {
+    const bmi_cpu_path *path; /* the kernels this session runs (kernels.h) */
     bmi_pool *pool;
     bmi_cpu_scratch scratch;
 } bmi_cpu_ctx;

@@ -18,17 +18,25 @@ bm_status bmi_cpu_scratch_reserve(bmi_cpu_scratch *s, const bmi_config *c, int r
     size_t d = (size_t)c->d_model, di = (size_t)c->d_inner, R = (size_t)c->dt_rank, N = (size_t)c->d_state;
     size_t F = (size_t)(c->ffn_hidden > 0 ? c->ffn_hidden : 1), g = c->swiglu ? 2 : 1, r = (size_t)rows;
     size_t floats = r * d * 6 + r * 2 * di + r * di * 3 + r * (R + 2 * N) + r * g * F + r * (size_t)max_e;
+    int max_cols = (int)d;
+    if ((int)di > max_cols) max_cols = (int)di;
+    if ((int)F > max_cols) max_cols = (int)F;
+    if ((int)R > max_cols) max_cols = (int)R;
     float *mem = bmi_aligned_alloc(64, floats * sizeof(float));
+    float *xpack = bmi_aligned_alloc(64, bmi_cpu_pack_floats(rows, max_cols) * sizeof(float));
     int *ints = bmi_malloc((r * 2 + (size_t)max_e + 1) * sizeof(int));
-    if (!mem || !ints) {
+    if (!mem || !ints || !xpack) {
         bmi_free(mem);
         bmi_free(ints);
+        bmi_free(xpack);
         return bmi_fail(BM_ERR_OUT_OF_MEMORY, "out of memory for %d rows of scratch", rows);
     }
     bmi_free(s->mem);
     bmi_free(s->ints);
+    bmi_free(s->xpack);
     s->mem = mem;
     s->ints = ints;
+    s->xpack = xpack;
     s->rows = rows;
     float *p = mem;
 #define TAKE(field, n) (s->field = p, p += (n))
@@ -55,12 +63,28 @@ bm_status bmi_cpu_scratch_reserve(bmi_cpu_scratch *s, const bmi_config *c, int r
 void bmi_cpu_scratch_free(bmi_cpu_scratch *s) {
     bmi_free(s->mem);
     bmi_free(s->ints);
+    bmi_free(s->xpack);
     memset(s, 0, sizeof *s);
+}
+
+/* y = W x (+ bias) for T rows of x, on the session's path and pool. */
+static void matmul(bmi_cpu_ctx *ctx, const bmi_matrix *W, const float *bias, const float *x, int ldx, int T, float *y,
+                   int ldy) {
+    bmi_cpu_matmul(ctx->path, ctx->pool, ctx->scratch.xpack, W, bias, x, ldx, T, y, ldy);
+}
+
+/* Channels per task of the per-channel steps: about four tasks per thread,
+ * in multiples of 16 so vector loops see whole registers. */
+static int channels_per_task(const bmi_cpu_ctx *ctx, int di) {
+    int tasks = 4 * bmi_pool_size(ctx->pool);
+    int per = (di + tasks - 1) / tasks;
+    return (per + 15) / 16 * 16;
 }
 
 /* ---- Mamba block ----------------------------------------------------------- */
 
 typedef struct mamba_job {
+    const bmi_cpu_path *path;
     const bmi_config *c;
     const bmi_mamba_weights *w;
     const bmi_cpu_batch *b;
@@ -88,42 +112,34 @@ static void conv_task(void *arg, int task) {
             for (int t = t0; t < t1; t++) {
                 float acc = j->w->conv_b[ch];
                 for (int k = 0; k < K; k++) acc += w[k] * window[t - t0 + k];
-                j->s->u[(size_t)t * (size_t)di + (size_t)ch] = bmi_cpu_silu(acc);
+                j->s->u[(size_t)t * (size_t)di + (size_t)ch] = acc;
             }
             for (int k = 0; k < K - 1; k++) hist[k] = window[t1 - t0 + k];
         }
+        for (int t = t0; t < t1; t++) j->path->silu(j->s->u + (size_t)t * (size_t)di + (size_t)c0, c1 - c0);
     }
 }
 
-/* The selective scan for a block of channels: s = exp(delta A) s + delta u B,
- * y = s . C + D u, gated by SiLU(z). */
+/* The selective scan for a block of channels: delta = softplus(dt_proj +
+ * bias), s = exp(delta A) s + delta u B, y = s . C + D u, gated by SiLU(z). */
 static void scan_task(void *arg, int task) {
     const mamba_job *j = arg;
     const bmi_config *c = j->c;
     const bmi_mamba_weights *w = j->w;
+    bmi_cpu_scratch *s = j->s;
     int di = c->d_inner, N = c->d_state, R = c->dt_rank, c0 = task * j->channels_per_task;
     int c1 = c0 + j->channels_per_task < di ? c0 + j->channels_per_task : di;
     size_t ld_dbl = (size_t)(R + 2 * N);
     for (int sq = 0; sq < j->b->n_seq; sq++) {
         int t0 = j->b->seq_start[sq], t1 = j->b->seq_start[sq + 1];
-        float *ssm_all = j->b->states[sq] + bmi_state_ssm_offset(c, j->mamba_index);
-        for (int ch = c0; ch < c1; ch++) {
-            float *ssm = ssm_all + (size_t)ch * (size_t)N;
-            const float *A = w->A + (size_t)ch * (size_t)N;
-            for (int t = t0; t < t1; t++) {
-                size_t row = (size_t)t * (size_t)di + (size_t)ch;
-                float delta = bmi_cpu_softplus(j->s->delta[row] + w->dt_bias[ch]);
-                float u = j->s->u[row], du = delta * u;
-                const float *B = j->s->xdbl + (size_t)t * ld_dbl + (size_t)R, *C = B + N;
-                float y = 0;
-                for (int n = 0; n < N; n++) {
-                    ssm[n] = expf(delta * A[n]) * ssm[n] + du * B[n];
-                    y += ssm[n] * C[n];
-                }
-                y += w->D[ch] * u;
-                float z = j->s->xz[(size_t)t * 2 * (size_t)di + (size_t)di + (size_t)ch];
-                j->s->y[row] = y * bmi_cpu_silu(z);
-            }
+        float *ssm = j->b->states[sq] + bmi_state_ssm_offset(c, j->mamba_index);
+        for (int t = t0; t < t1; t++) j->path->softplus_bias(s->delta + (size_t)t * (size_t)di + (size_t)c0, w->dt_bias + c0, c1 - c0);
+        size_t first = (size_t)t0 * (size_t)di;
+        j->path->scan(c0, c1, t1 - t0, N, s->delta + first, s->u + first, (size_t)di,
+                      s->xdbl + (size_t)t0 * ld_dbl + (size_t)R, ld_dbl, w->A, w->D, ssm, s->y + first);
+        for (int t = t0; t < t1; t++) {
+            size_t row = (size_t)t * (size_t)di + (size_t)c0;
+            j->path->mul_silu(s->y + row, s->xz + (size_t)t * 2 * (size_t)di + (size_t)di + (size_t)c0, c1 - c0);
         }
     }
 }
@@ -132,32 +148,29 @@ static void mamba_block(bmi_cpu_ctx *ctx, const bmi_config *c, const bmi_mamba_w
                         const bmi_cpu_batch *b, const float *in, float *out) {
     bmi_cpu_scratch *s = &ctx->scratch;
     int T = b->seq_start[b->n_seq], di = c->d_inner, R = c->dt_rank, N = c->d_state;
-    bmi_cpu_matmul(ctx->pool, &w->in_proj, w->in_proj_bias, in, c->d_model, T, s->xz, 2 * di);
-    int per_task = 32, tasks = (di + per_task - 1) / per_task;
-    mamba_job j = {c, w, b, mamba_index, s, per_task};
+    matmul(ctx, &w->in_proj, w->in_proj_bias, in, c->d_model, T, s->xz, 2 * di);
+    int per_task = channels_per_task(ctx, di), tasks = (di + per_task - 1) / per_task;
+    mamba_job j = {ctx->path, c, w, b, mamba_index, s, per_task};
     bmi_pool_run(ctx->pool, tasks, conv_task, &j);
-    bmi_cpu_matmul(ctx->pool, &w->x_proj, NULL, s->u, di, T, s->xdbl, R + 2 * N);
-    bmi_cpu_matmul(ctx->pool, &w->dt_proj, NULL, s->xdbl, R + 2 * N, T, s->delta, di);
+    matmul(ctx, &w->x_proj, NULL, s->u, di, T, s->xdbl, R + 2 * N);
+    matmul(ctx, &w->dt_proj, NULL, s->xdbl, R + 2 * N, T, s->delta, di);
     bmi_pool_run(ctx->pool, tasks, scan_task, &j);
-    bmi_cpu_matmul(ctx->pool, &w->out_proj, w->out_proj_bias, s->y, di, T, out, c->d_model);
+    matmul(ctx, &w->out_proj, w->out_proj_bias, s->y, di, T, out, c->d_model);
 }
 
 /* ---- MLP / MoE block ------------------------------------------------------- */
 
 typedef struct gate_job {
+    const bmi_cpu_path *path;
     float *act;
-    int rows, F, swiglu;
+    int F, swiglu;
     bm_activation activation;
 } gate_job;
 
+/* One row's gate in place: its first F values become the MLP's hidden row. */
 static void gate_task(void *arg, int task) {
     const gate_job *j = arg;
-    float *a = j->act + (size_t)task * (size_t)(j->swiglu ? 2 : 1) * (size_t)j->F;
-    float *m = j->act + (size_t)task * (size_t)j->F; /* in place: row t's output never passes row t's input */
-    for (int f = 0; f < j->F; f++) {
-        float h = j->activation == BM_ACTIVATION_SILU ? bmi_cpu_silu(a[f]) : bmi_cpu_gelu(a[f]);
-        m[f] = j->swiglu ? h * a[j->F + f] : h;
-    }
+    j->path->glu(j->act + (size_t)task * (size_t)(j->swiglu ? 2 : 1) * (size_t)j->F, j->F, j->swiglu, j->activation);
 }
 
 /* One MLP over `rows` packed rows of x into out. */
@@ -165,11 +178,10 @@ static void mlp(bmi_cpu_ctx *ctx, const bmi_config *c, const bmi_mlp_weights *w,
                 float *out) {
     bmi_cpu_scratch *s = &ctx->scratch;
     int g = c->swiglu ? 2 : 1;
-    bmi_cpu_matmul(ctx->pool, &w->fc1, w->fc1_bias, x, c->d_model, rows, s->act, g * c->ffn_hidden);
-    gate_job gj = {s->act, rows, c->ffn_hidden, c->swiglu, c->activation};
-    /* rows are compacted in place from stride g*F to stride F, so in order */
-    for (int t = 0; t < rows; t++) gate_task(&gj, t);
-    bmi_cpu_matmul(ctx->pool, &w->fc2, w->fc2_bias, s->act, c->ffn_hidden, rows, out, c->d_model);
+    matmul(ctx, &w->fc1, w->fc1_bias, x, c->d_model, rows, s->act, g * c->ffn_hidden);
+    gate_job gj = {ctx->path, s->act, c->ffn_hidden, c->swiglu, c->activation};
+    bmi_pool_run(ctx->pool, rows, gate_task, &gj);
+    matmul(ctx, &w->fc2, w->fc2_bias, s->act, g * c->ffn_hidden, rows, out, c->d_model);
 }
 
 /* Top-1 routing: tokens grouped by expert so each expert's weights are read
@@ -182,7 +194,7 @@ static void moe_block(bmi_cpu_ctx *ctx, const bmi_config *c, const bmi_layer_wei
         mlp(ctx, c, &lw->experts[0], in, T, out);
         return;
     }
-    bmi_cpu_matmul(ctx->pool, &lw->router, lw->router_bias, in, d, T, s->router, n_experts);
+    matmul(ctx, &lw->router, lw->router_bias, in, d, T, s->router, n_experts);
     for (int e = 0; e <= n_experts; e++) s->expert_start[e] = 0;
     for (int t = 0; t < T; t++) {
         const float *p = s->router + (size_t)t * (size_t)n_experts;
@@ -254,5 +266,5 @@ void bmi_cpu_forward(bmi_cpu_ctx *ctx, const bm_model *m, const bmi_cpu_batch *b
         bmi_cpu_layernorm(x, w->final_norm_w, w->final_norm_b, d, NORM_EPS, s->normed + (size_t)k * (size_t)d);
     }
     if (n_logit_rows)
-        bmi_cpu_matmul(ctx->pool, &w->lm_head, w->lm_head_bias, s->normed, d, n_logit_rows, logits, c->vocab_size);
+        matmul(ctx, &w->lm_head, w->lm_head_bias, s->normed, d, n_logit_rows, logits, c->vocab_size);
 }
