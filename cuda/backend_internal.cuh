@@ -1,0 +1,98 @@
+/* The CUDA backend's host-side objects, shared by backend.cu (model upload,
+ * states, sessions, the table) and forward.cu (prefill and decode). */
+#ifndef BM_CUDA_BACKEND_INTERNAL_CUH
+#define BM_CUDA_BACKEND_INTERNAL_CUH
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+extern "C" {
+#include "model.h"
+}
+#include "bmcuda.h"
+#include "kernels.cuh"
+
+#define BMC_NORM_EPS 1e-5f
+/* Rows of one stream per prefill forward; longer prompts run in chunks. */
+#define BMC_PREFILL_ROWS 2048
+/* Rows the LM head processes at once for bm_prefill_all. */
+#define BMC_LOGIT_ROWS 256
+/* Expert GEMMs run on row counts rounded up to this (the extra rows are the
+ * next expert's or zero padding, overwritten or ignored), so the cuBLASLt
+ * heuristic is asked once per bucket instead of once per routing outcome. */
+#define BMC_EXPERT_ROW_BUCKET 32
+#define BMC_WORKSPACE_BYTES (32u << 20)
+
+typedef struct dev_mamba {
+    const void *in_proj, *x_proj, *dt_proj, *out_proj; /* 16-bit */
+    const float *dt_proj_f32;                          /* prefill's TF32 GEMM reads this copy */
+    const float *in_proj_bias, *conv_w, *conv_b, *dt_bias, *A, *D, *out_proj_bias;
+} dev_mamba;
+
+typedef struct dev_layer {
+    int has_mamba, n_experts, mamba_index;
+    const float *norm, *norm_moe;
+    dev_mamba mamba;
+    const float *router_w, *router_b; /* f32 [E, d], [E] */
+    const void *fc1, *fc2;            /* [E, g*F, d], [E, d, F] back to back */
+    const float *fc1_bias, *fc2_bias; /* [E, g*F], [E, d] or NULL */
+} dev_layer;
+
+typedef struct cuda_model {
+    int device, wtype, sm_count, pdl;
+    char *pool;                       /* every weight, one allocation */
+    size_t pool_bytes;
+    const void *embedding, *lm_head;
+    const float *lm_head_bias, *final_w, *final_b;
+    dev_layer *layers;
+    int final_res;                    /* which residual buffer of a decode step holds the last sum */
+} cuda_model;
+
+/* Activations of one prefill chunk of up to `rows` tokens. */
+typedef struct prefill_scratch {
+    int rows;
+    char *mem;
+    int32_t *tokens;
+    float *res, *h, *normed_moe, *xz, *u, *xdbl, *delta, *eout, *chunk, *gate, *logits;
+    void *normed16, *moe16, *u16, *y16, *gathered16, *act16, *m16, *final16;
+    int *expert_of, *order, *expert_start;
+} prefill_scratch;
+
+typedef struct cuda_session {
+    cudaStream_t stream;
+    cublasLtHandle_t lt;
+    void *workspace;
+    bmc_gemm_cache *gemm_cache;
+    /* decode scratch, BMC_MAX_STEP_ROWS rows */
+    char *step_mem;
+    float *res[2], *h, *normed, *xz, *xdbl, *yg, *m, *logits, *gates;
+    int *slot_expert, *slot_count, *slot_rows;
+    int32_t *d_tokens, *d_recent, *d_sampled;
+    float **d_state_ptrs;
+    /* pinned host staging: what a step graph copies in, what comes back */
+    char *pinned;
+    int32_t *h_tokens, *h_prefill_tokens, *h_recent, *h_sampled;
+    float **h_state_ptrs;
+    int *h_starts;
+    cudaEvent_t inputs_consumed;
+    cudaGraphExec_t graphs[BMC_MAX_STEP_ROWS + 1][2];
+    prefill_scratch ps;
+} cuda_session;
+
+bm_status bmc_fail_cuda(cudaError_t e, const char *what);
+#define BMC_TRY(call, what)                                                                                        \
+    do {                                                                                                           \
+        cudaError_t bmc_e_ = (call);                                                                               \
+        if (bmc_e_ != cudaSuccess) return bmc_fail_cuda(bmc_e_, what);                                             \
+    } while (0)
+
+/* forward.cu */
+bm_status bmc_forward_prefill(bm_session *s, bm_state *st, const int32_t *tokens, size_t n, float *logits,
+                              int all_positions);
+bm_status bmc_forward_step_batch(bm_session *s, bm_state *const *states, const int32_t *tokens, size_t n,
+                                 float *logits);
+bm_status bmc_forward_step_batch_sample(bm_session *s, bm_state *const *states, const int32_t *tokens, size_t n,
+                                        const bm_sampler_params *p, uint64_t *rngs, const int32_t *recent,
+                                        size_t n_recent, int32_t *out_tokens);
+
+#endif

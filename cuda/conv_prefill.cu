@@ -1,0 +1,61 @@
+/* Prefill: the causal depthwise convolution + SiLU over T tokens of one
+ * stream. One thread per channel walks a run of tokens with the K-wide
+ * window in registers; the history before the prompt comes from the conv
+ * state. Writes u in f32 (for the scan) and 16-bit (for the x_proj GEMM). */
+#include "device_util.cuh"
+#include "kernels.cuh"
+
+#define CONV_THREADS 128
+#define CONV_TOKENS_PER_THREAD 16
+
+template <typename A>
+__global__ void __launch_bounds__(CONV_THREADS)
+    conv_prefill_kernel(const float *xz, int ldxz, int T, int di, int K, const float *conv_state, const float *w,
+                        const float *b, float *u, A *u16) {
+    const int ch = blockIdx.x * CONV_THREADS + threadIdx.x;
+    if (ch >= di) return;
+    const int t0 = blockIdx.y * CONV_TOKENS_PER_THREAD;
+    const int t1 = t0 + CONV_TOKENS_PER_THREAD < T ? t0 + CONV_TOKENS_PER_THREAD : T;
+    float wk[BMC_MAX_CONV], win[BMC_MAX_CONV];
+#pragma unroll
+    for (int k = 0; k < BMC_MAX_CONV; k++) {
+        wk[k] = k < K ? w[(size_t)ch * K + k] : 0.0f;
+        win[k] = 0.0f;
+        if (k < K - 1) { /* x at time t0 - (K-1) + k */
+            int tt = t0 - (K - 1) + k;
+            win[k] = tt >= 0 ? xz[(size_t)tt * ldxz + ch] : conv_state[(size_t)ch * (K - 1) + (K - 1) + tt];
+        }
+    }
+    const float bias = b[ch];
+    for (int t = t0; t < t1; t++) {
+        const float x = xz[(size_t)t * ldxz + ch];
+        float acc = bias;
+#pragma unroll
+        for (int k = 0; k < BMC_MAX_CONV; k++) {
+            if (k < K - 1) acc += wk[k] * win[k];
+            if (k == K - 1) acc += wk[k] * x;
+        }
+#pragma unroll
+        for (int k = 0; k + 1 < BMC_MAX_CONV; k++) win[k] = win[k + 1];
+#pragma unroll
+        for (int k = 0; k < BMC_MAX_CONV; k++)
+            if (k == K - 2) win[k] = x;
+        const float v = bmc_silu(acc);
+        u[(size_t)t * di + ch] = v;
+        u16[(size_t)t * di + ch] = bmc_from_float<A>(v);
+    }
+}
+
+cudaError_t bmc_conv_prefill(const float *xz, int ldxz, int T, int di, int K, const float *conv_state, const float *w,
+                             const float *b, float *u, void *u16, int act_type, cudaStream_t stream) {
+    if (T <= 0) return cudaSuccess;
+    if (K < 1 || K > BMC_MAX_CONV) return cudaErrorInvalidValue;
+    dim3 grid((di + CONV_THREADS - 1) / CONV_THREADS, (T + CONV_TOKENS_PER_THREAD - 1) / CONV_TOKENS_PER_THREAD);
+    if (act_type == BMC_F16)
+        conv_prefill_kernel<__half><<<grid, CONV_THREADS, 0, stream>>>(xz, ldxz, T, di, K, conv_state, w, b, u,
+                                                                       (__half *)u16);
+    else
+        conv_prefill_kernel<__nv_bfloat16><<<grid, CONV_THREADS, 0, stream>>>(xz, ldxz, T, di, K, conv_state, w, b, u,
+                                                                              (__nv_bfloat16 *)u16);
+    return cudaGetLastError();
+}

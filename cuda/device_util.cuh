@@ -1,0 +1,103 @@
+/* Device helpers shared by the kernels of cuda/: weight unpacking, warp and
+ * block reductions, the activations in the exact form the CPU reference uses,
+ * and the programmatic-dependent-launch (PDL) hooks. Header only: every .cu
+ * file compiles its own copy, so nothing here needs relocatable device code. */
+#ifndef BM_CUDA_DEVICE_UTIL_CUH
+#define BM_CUDA_DEVICE_UTIL_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+/* PDL: a kernel launched with programmatic stream serialization may start
+ * while its predecessor drains. It must not read anything the predecessor
+ * writes (or write anything the predecessor reads) before bmc_grid_wait();
+ * immutable data (weights) may be fetched before. Every kernel waits in every
+ * block that does work, so "my predecessor finished" implies "all earlier
+ * kernels finished". On GPUs before sm_90 both are no-ops and launches are
+ * made without the attribute. */
+__device__ __forceinline__ void bmc_grid_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void bmc_grid_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+/* A 16-byte weight load that bypasses L1: weights are read once per step, so
+ * keeping them out of L1 leaves it to the activations. */
+__device__ __forceinline__ uint4 bmc_load_stream(const uint4 *p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
+/* Eight 16-bit weights packed in a uint4, as floats. */
+template <typename T> struct bmc_unpack;
+template <> struct bmc_unpack<__nv_bfloat16> {
+    static __device__ __forceinline__ void run(const uint4 &v, float (&f)[8]) {
+        const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            f[2 * i] = __uint_as_float(w[i] << 16);
+            f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+        }
+    }
+};
+template <> struct bmc_unpack<__half> {
+    static __device__ __forceinline__ void run(const uint4 &v, float (&f)[8]) {
+        const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            __half2 h = *reinterpret_cast<const __half2 *>(&w[i]);
+            float2 t = __half22float2(h);
+            f[2 * i] = t.x;
+            f[2 * i + 1] = t.y;
+        }
+    }
+};
+
+template <typename T> __device__ __forceinline__ float bmc_to_float(T v);
+template <> __device__ __forceinline__ float bmc_to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <> __device__ __forceinline__ float bmc_to_float<__half>(__half v) { return __half2float(v); }
+template <typename T> __device__ __forceinline__ T bmc_from_float(float v);
+template <> __device__ __forceinline__ __nv_bfloat16 bmc_from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <> __device__ __forceinline__ __half bmc_from_float<__half>(float v) { return __float2half_rn(v); }
+
+__device__ __forceinline__ float bmc_warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* Sum over the block; every thread gets the result. `scratch` holds 33
+ * floats; the call ends with the scratch free for reuse. */
+__device__ __forceinline__ float bmc_block_sum(float v, float *scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+    v = bmc_warp_sum(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        float t = lane < warps ? scratch[lane] : 0.0f;
+        t = bmc_warp_sum(t);
+        if (lane == 0) scratch[32] = t;
+    }
+    __syncthreads();
+    float total = scratch[32];
+    __syncthreads();
+    return total;
+}
+
+/* The activations, written as the CPU reference (lib/cpu/kernels.c) writes them. */
+__device__ __forceinline__ float bmc_silu(float x) { return x / (1.0f + expf(-x)); }
+__device__ __forceinline__ float bmc_gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+__device__ __forceinline__ float bmc_softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+__device__ __forceinline__ float bmc_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+#endif

@@ -1,0 +1,247 @@
+/* The CUDA backend's operations: one per .cu file, each with one host entry
+ * point declared here. Entry points only enqueue work on the given stream and
+ * return the launch status; they make no decisions about the model (that is
+ * backend.cu's job) and never synchronise, except bmc_route_prefill which
+ * says so.
+ *
+ * Conventions: activations and the recurrent state are f32; weights are a
+ * 16-bit type named by `wtype` (BMC_BF16 or BMC_F16), row-major [out, in] as
+ * in the checkpoint; "rows" are tokens. `pdl` asks for a programmatic
+ * dependent launch (decode graphs on sm_90; see device_util.cuh). */
+#ifndef BM_CUDA_KERNELS_CUH
+#define BM_CUDA_KERNELS_CUH
+
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define BMC_BF16 0
+#define BMC_F16 1
+
+/* Most streams one decode graph advances; larger batches run in groups. */
+#define BMC_MAX_STEP_ROWS 8
+/* State entries per channel the scan kernels are written for (all released
+ * and fixture models). */
+#define BMC_D_STATE 16
+#define BMC_MAX_CONV 8
+
+/* ---- embedding.cu ---------------------------------------------------------- */
+/* h[r] = E[tokens[r]] (f32) for r < rows; if res_zero, res[r] = 0 (the
+ * residual stream starts empty). */
+cudaError_t bmc_embed(const int32_t *tokens, int rows, const void *E, int wtype, int d, float *h, float *res_zero,
+                      cudaStream_t stream, int pdl);
+
+/* ---- add_rmsnorm.cu -------------------------------------------------------- */
+/* For each row: if add, res += h; then up to two RMSNorms of res (weights
+ * w_a, w_b; NULL skips) written as f32 and/or 16-bit (any output NULL is
+ * skipped). Prefill only; decode fuses this into the projection kernels. */
+typedef struct bmc_norm_args {
+    float *res;
+    const float *h;
+    int add, rows, d;
+    float eps;
+    const float *w_a;
+    float *out_a_f32;
+    void *out_a_16;
+    const float *w_b;
+    float *out_b_f32;
+    void *out_b_16;
+    int act_type; /* 16-bit output type: BMC_BF16 or BMC_F16 */
+} bmc_norm_args;
+cudaError_t bmc_add_rmsnorm(const bmc_norm_args *a, cudaStream_t stream);
+
+/* ---- final_norm.cu --------------------------------------------------------- */
+/* out[i] = LayerNorm(res[r0 + i] + h[r0 + i]; w, b) for i < rows, as 16-bit. */
+cudaError_t bmc_add_layernorm(const float *res, const float *h, int r0, int rows, int d, const float *w,
+                              const float *b, float eps, void *out, int act_type, cudaStream_t stream);
+
+/* ---- gemm.cu --------------------------------------------------------------- */
+/* y[t, n] = sum_k x[t, k] * W[n, k] (+ bias[n]) for t < m, n < n_out through
+ * cuBLASLt: 16-bit x and W with f32 accumulation (x_type = BMC_BF16/F16), or
+ * f32 x and W in TF32 (x_type = BMC_GEMM_F32). y is f32 or 16-bit. The
+ * heuristic's choice is cached per shape in `cache`. */
+#define BMC_GEMM_F32 2
+#define BMC_GEMM_OUT_F32 0
+#define BMC_GEMM_OUT_16 1
+typedef struct bmc_gemm_cache bmc_gemm_cache;
+bmc_gemm_cache *bmc_gemm_cache_new(void);
+void bmc_gemm_cache_free(bmc_gemm_cache *c);
+typedef struct bmc_gemm_args {
+    int m, n_out, k;
+    const void *x;
+    int ldx;
+    int x_type;
+    const void *W; /* [n_out, ldw] row-major, same type as x */
+    int ldw;
+    void *y;
+    int ldy;
+    int y_kind; /* BMC_GEMM_OUT_F32 or BMC_GEMM_OUT_16 (same 16-bit type as x) */
+} bmc_gemm_args;
+/* Returns a cuBLAS status (0 = success) and fills *what with the call that failed. */
+int bmc_gemm(void *lt_handle, bmc_gemm_cache *cache, void *workspace, size_t workspace_bytes, const bmc_gemm_args *a,
+             cudaStream_t stream, const char **what);
+
+/* ---- bias.cu --------------------------------------------------------------- */
+/* y[t, j] += bias[j] for t < rows, j < n (f32 y with row stride ldy). */
+cudaError_t bmc_add_bias(float *y, int rows, int n, int ldy, const float *bias, cudaStream_t stream);
+
+/* ---- gemv.cu: the decode projections --------------------------------------- */
+enum { BMC_PRO_LOAD = 0, BMC_PRO_ADD_RMSNORM = 1, BMC_PRO_ADD_LAYERNORM = 2 };
+enum {
+    BMC_EPI_STORE = 0,     /* y = acc + bias */
+    BMC_EPI_CONV_SILU = 1, /* in_proj: rows < di become u = SiLU(conv(...)) and advance the conv state; rows >= di (z) stored */
+    BMC_EPI_GATED = 2,     /* fc1 with swiglu: rows f and F+f give act(a_f) * a_{F+f}, stored at f */
+    BMC_EPI_ACT = 3,       /* fc1 without swiglu: act(acc) */
+    BMC_EPI_SCALE_STORE = 4, /* fc2: y = gate * acc */
+    BMC_EPI_SCALE_ADD = 5    /* fc2 of a parallel layer: y += gate * acc */
+};
+typedef struct bmc_gemv_args {
+    const void *W;           /* [rows, K] (of expert 0 when slot_expert is set) */
+    long long expert_stride; /* elements from one expert's matrix to the next */
+    int rows, K;
+    int nb;                  /* batch rows, <= BMC_MAX_STEP_ROWS */
+    /* MoE: slot j (blockIdx.y) computes expert slot_expert[j] for the
+     * slot_count[j] batch rows slot_rows[j * BMC_MAX_STEP_ROWS + i]. NULL:
+     * one slot holding rows 0..nb-1. */
+    const int *slot_expert, *slot_count, *slot_rows;
+    int n_slots;
+    int prologue;
+    const float *x;          /* LOAD: input rows, stride ldx */
+    int ldx;
+    const float *res_in, *h_in; /* ADD_*: the residual and the last block's output, [nb, K] */
+    float *res_out;          /* ADD_*: their sum, written once */
+    const float *norm_w, *norm_b;
+    float eps;
+    int epilogue;
+    float *y;
+    int ldy;
+    const float *bias;       /* [rows] (of expert 0; stride rows per expert) or NULL */
+    const float *gates;      /* SCALE_*: [nb] */
+    int act;                 /* BM_ACTIVATION_GELU / SILU for GATED and ACT */
+    /* CONV_SILU */
+    float *const *state_ptrs; /* [nb] device pointers to each stream's state */
+    long long conv_offset;   /* floats from a state's start to this layer's conv state */
+    const float *conv_w, *conv_b;
+    int d_conv, di;
+} bmc_gemv_args;
+/* ksplit: warps sharing one pair of rows (1, 2, 4 or 8); sm_count sizes it when 0. */
+cudaError_t bmc_gemv(const bmc_gemv_args *a, int wtype, int ksplit, int sm_count, cudaStream_t stream, int pdl);
+
+/* ---- conv_prefill.cu ------------------------------------------------------- */
+/* u[t, c] = SiLU(b[c] + sum_k w[c, k] x[t-K+1+k, c]), x[t, c] = xz[t * ldxz + c],
+ * earlier x from the conv state (oldest first). Writes u as f32 and 16-bit.
+ * The conv state is not changed here (bmc_scan_prefill advances it). */
+cudaError_t bmc_conv_prefill(const float *xz, int ldxz, int T, int di, int K, const float *conv_state, const float *w,
+                             const float *b, float *u, void *u16, int act_type, cudaStream_t stream);
+
+/* ---- scan_prefill.cu ------------------------------------------------------- */
+typedef struct bmc_scan_args {
+    int T, di, R, N, K;
+    const float *delta_raw; /* [T, di] dt_proj output before bias and softplus */
+    const float *dt_bias;   /* [di] */
+    const float *u;         /* [T, di] */
+    const float *xdbl;      /* [T, ldxdbl]: dt, B, C */
+    int ldxdbl;
+    const float *xz;        /* [T, ldxz]: x (pre-conv, for the conv state) then z */
+    int ldxz;
+    const float *A, *D;     /* [di, N], [di] */
+    float *conv_state;      /* [di, K-1] in/out */
+    float *ssm_state;       /* [di, N] in/out */
+    void *y16;              /* [T, di] out: y * SiLU(z), 16-bit */
+    int act_type;
+    float *chunk_scratch;   /* bmc_scan_prefill_scratch_floats(T, di, N) floats */
+} bmc_scan_args;
+size_t bmc_scan_prefill_scratch_floats(int T, int di, int N);
+/* The selective scan over T tokens of one stream, chunked in time: each
+ * chunk runs from a zero state, a short pass carries the true state across
+ * chunk boundaries (and writes the final state and conv state), and each
+ * chunk reruns from its true start state to produce y. */
+cudaError_t bmc_scan_prefill(const bmc_scan_args *a, cudaStream_t stream);
+
+/* ---- scan_step.cu ---------------------------------------------------------- */
+typedef struct bmc_step_scan_args {
+    int nb, di, R, N;
+    const float *xz;        /* [nb, 2*di]: u (already convolved, from the in_proj epilogue) then z */
+    const float *xdbl;      /* [nb, ldxdbl] */
+    int ldxdbl;
+    const void *dt_proj;    /* [di, R] 16-bit */
+    const float *dt_bias, *A, *D;
+    float *const *state_ptrs;
+    long long ssm_offset;
+    float *y;               /* [nb, di] */
+} bmc_step_scan_args;
+/* One token per stream: delta = softplus(dt_proj . dt + bias), the state
+ * update, y = C . s + D u, gated by SiLU(z); each state entry read and
+ * written once. */
+cudaError_t bmc_scan_step(const bmc_step_scan_args *a, int wtype, cudaStream_t stream, int pdl);
+
+/* ---- router_step.cu -------------------------------------------------------- */
+typedef struct bmc_router_step_args {
+    int nb, d, n_experts; /* n_experts 1: dense MLP (expert 0, gate 1) */
+    int add;              /* 1: res_out = res_in + h; 0: normalise res_in as is (parallel branch) */
+    const float *res_in, *h_in;
+    float *res_out;
+    const float *norm_w;
+    float eps;
+    float *normed;        /* [nb, d] out */
+    const float *router_w, *router_b; /* f32 [E, d], [E] */
+    float *gates;         /* [nb] out */
+    int *slot_expert, *slot_count, *slot_rows; /* out, BMC_MAX_STEP_ROWS slots */
+} bmc_router_step_args;
+/* Residual add, RMSNorm, router logits, top-1 and sigmoid gate, and the
+ * grouping of the batch rows by expert (slots in increasing expert order),
+ * all in one block: no host round trip. */
+cudaError_t bmc_router_step(const bmc_router_step_args *a, cudaStream_t stream, int pdl);
+
+/* ---- route_prefill.cu ------------------------------------------------------ */
+/* Top-1 routing of T rows (f32 normed [T, d], f32 router [E, d] + bias):
+ * expert_of[t], gate[t] = sigmoid(best logit), and a stable grouping by
+ * expert: order[i] = the token at sorted position i, expert_start[E+1]. The
+ * starts are also copied to host_starts (pinned, E+1 ints): the host sizes
+ * each expert's GEMM from them, so the caller synchronises before reading. */
+cudaError_t bmc_route_prefill(const float *normed, int T, int d, const float *router_w, const float *router_b, int E,
+                              int *expert_of, float *gate, int *order, int *expert_start, int *host_starts,
+                              cudaStream_t stream);
+
+/* ---- moe_rows.cu ----------------------------------------------------------- */
+/* dst[i] = src[order[i]] for i < rows (16-bit rows of d). */
+cudaError_t bmc_gather_rows(const void *src, const int *order, int rows, int d, void *dst, cudaStream_t stream);
+
+/* ---- gated_act.cu ---------------------------------------------------------- */
+/* m[i, f] = act(a[i, f] + b1) * (a[i, F + f] + b2) (swiglu) or act(a[i, f] + b)
+ * for 16-bit a [rows, g*F] and m [rows, F]. bias: NULL or per expert [E, g*F],
+ * the expert of row i being expert_of[order[i]]. */
+cudaError_t bmc_gated_act(const void *a, int rows, int F, int swiglu, int act, const float *bias, const int *order,
+                          const int *expert_of, void *m, int act_type, cudaStream_t stream);
+
+/* ---- moe_scatter.cu -------------------------------------------------------- */
+/* h[t] (+)= gate[t] * (y[i] + bias[e]) with t = order[i] (NULL: t = i),
+ * gate NULL = 1, bias NULL = 0 (per expert [E, d], e = expert_of[t]). */
+cudaError_t bmc_scatter_rows(const float *y, const int *order, const float *gate, const float *bias,
+                             const int *expert_of, int rows, int d, int add, float *h, cudaStream_t stream);
+
+/* ---- sample.cu ------------------------------------------------------------- */
+/* bm_sample on the device (blackmamba.h, Sampling), one block per row of
+ * logits, for greedy or at most BMC_SAMPLE_MAX_K candidates (top_k, or a
+ * vocabulary that small). recent: device array of n_recent ids penalised in
+ * every row (any order, repeats allowed). The draws u are made by the host
+ * (it advances the generators). Writes each row's token, or -1 when the row
+ * has no candidate, or -2 when the row needs more room than the kernel has
+ * (the caller then samples that row on the host). */
+#define BMC_SAMPLE_MAX_K 1024
+#define BMC_SAMPLE_MAX_RECENT 1024
+typedef struct bmc_sample_args {
+    const float *logits;
+    long long ld;          /* floats from one row to the next */
+    int rows;              /* <= BMC_MAX_STEP_ROWS */
+    int n_valid;           /* ids below this are candidates */
+    float temperature, top_p, min_p, repeat_penalty;
+    int top_k;
+    const int32_t *recent;
+    int n_recent;
+    double u[BMC_MAX_STEP_ROWS];
+    int32_t *tokens;       /* [rows] */
+} bmc_sample_args;
+cudaError_t bmc_sample(const bmc_sample_args *a, cudaStream_t stream);
+
+#endif

@@ -1,0 +1,358 @@
+/* bm-bench: decode and prefill speed of a BlackMamba model, next to the
+ * floors the hardware sets, measured in the same run.
+ *
+ *   bm-bench --dims 1.5B|2.8B [--backend cpu|cuda] [--dtype bf16|f16|f32]
+ *            [--threads N] [--batch LIST] [--prompt LIST] [--steps N]
+ *   bm-bench MODEL_DIR [same options]
+ *
+ * --dims builds a random-weight model at the released dimensions in memory
+ * (no files). Reports: load time; GPU memory used; state bytes; decode time
+ * per step at each batch size (a step here is what a generation loop does:
+ * advance the state, compute logits, choose the next token greedily, get it
+ * to the host) and, at batch 1, the bytes a step must read (every Mamba
+ * weight, the router and one expert per MoE layer, one embedding row, the
+ * LM head, the state read and written) as a share of the memory bandwidth
+ * measured here; prefill tokens/s for each prompt length and the FLOPs it
+ * must do as a share of the measured bf16 GEMM rate (CUDA) or nothing (CPU:
+ * the CPU share is of memory read bandwidth, decode only). The table is last. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "blackmamba.h"
+#include "model.h"
+#include "../test/test_cuda_random.h"
+#ifdef BM_WITH_CUDA
+#include "bmcuda.h"
+#endif
+
+#define MAX_LIST 16
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static int parse_list(const char *s, int *out) {
+    int n = 0;
+    while (s && *s && n < MAX_LIST) {
+        out[n++] = atoi(s);
+        s = strchr(s, ',');
+        if (s) s++;
+    }
+    return n;
+}
+
+static void usage(void) {
+    fprintf(stderr, "usage: bm-bench --dims 1.5B|2.8B [--backend cpu|cuda] [--dtype bf16|f16|f32] [--threads N]\n"
+                    "                [--batch LIST] [--prompt LIST] [--steps N]\n"
+                    "       bm-bench MODEL_DIR [same options]\n");
+    exit(2);
+}
+
+/* ---- what a token must touch ----------------------------------------------- */
+
+typedef struct counts {
+    double step_bytes;   /* bytes one decode step at batch 1 must move */
+    double flops_token;  /* prefill FLOPs per token (LM head excluded) */
+    double head_flops;   /* the LM head for one row */
+} counts;
+
+static counts count_work(const bm_model *m, double weight_elem_bytes) {
+    const bmi_config *c = &m->config;
+    const double d = c->d_model, di = c->d_inner, N = c->d_state, R = c->dt_rank, K = c->d_conv;
+    const double F = c->ffn_hidden, g = c->swiglu ? 2 : 1, V = c->vocab_size;
+    counts k = {0, 0, 0};
+    for (int i = 0; i < c->n_layers; i++) {
+        const bmi_layer_config *lc = &c->layers[i];
+        k.step_bytes += d * 4; /* norm */
+        if (lc->has_mamba) {
+            double mats = 2 * di * d + (R + 2 * N) * di + di * R + d * di;
+            k.step_bytes += mats * weight_elem_bytes + (di * K + di * 3 + di * N) * 4;
+            k.flops_token += 2 * mats + 10 * di * N; /* matrices, and the scan's few operations per state entry */
+        }
+        if (lc->n_experts) {
+            double expert = g * F * d + d * F, router = lc->n_experts >= 2 ? lc->n_experts * d : 0;
+            k.step_bytes += expert * weight_elem_bytes + router * 4;
+            k.flops_token += 2 * (expert + router);
+        }
+    }
+    k.step_bytes += d * weight_elem_bytes + V * d * weight_elem_bytes + 2 * d * 4; /* embedding row, head, final norm */
+    k.step_bytes += 2.0 * (double)m->state_floats * 4;                            /* state read and written */
+    k.head_flops = 2 * V * d;
+    return k;
+}
+
+/* ---- CPU read bandwidth ------------------------------------------------------ */
+
+typedef struct read_job {
+    const uint64_t *p;
+    size_t n;
+    uint64_t sum;
+} read_job;
+
+static void *read_worker(void *arg) {
+    read_job *j = (read_job *)arg;
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (size_t i = 0; i + 4 <= j->n; i += 4) {
+        s0 += j->p[i];
+        s1 += j->p[i + 1];
+        s2 += j->p[i + 2];
+        s3 += j->p[i + 3];
+    }
+    j->sum = s0 + s1 + s2 + s3;
+    return NULL;
+}
+
+/* Bytes per second read by `threads` threads summing a 2 GiB buffer. */
+static double cpu_read_bandwidth(int threads) {
+    const size_t bytes = (size_t)2 << 30, words = bytes / 8;
+    uint64_t *buf = (uint64_t *)malloc(bytes);
+    if (!buf) return 0;
+    for (size_t i = 0; i < words; i++) buf[i] = i * 0x9E3779B97F4A7C15ull;
+    if (threads < 1) threads = 1;
+    if (threads > 256) threads = 256;
+    double best = 0;
+    for (int rep = 0; rep < 5; rep++) {
+        pthread_t t[256];
+        read_job jobs[256];
+        double t0 = now();
+        for (int i = 0; i < threads; i++) {
+            jobs[i].p = buf + words / threads * i;
+            jobs[i].n = words / threads;
+            pthread_create(&t[i], NULL, read_worker, &jobs[i]);
+        }
+        uint64_t sum = 0;
+        for (int i = 0; i < threads; i++) {
+            pthread_join(t[i], NULL);
+            sum += jobs[i].sum;
+        }
+        double bw = (double)bytes / (now() - t0);
+        if (bw > best && sum != 1) best = bw;
+    }
+    free(buf);
+    return best;
+}
+
+/* ---- main ------------------------------------------------------------------------ */
+
+int main(int argc, char **argv) {
+    const char *dims = NULL, *dir = NULL, *backend_name = "cuda", *dtype = "bf16";
+    int threads = 0, batches[MAX_LIST] = {1}, n_batches = 1, prompts[MAX_LIST] = {512, 2048}, n_prompts = 2;
+    int steps = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--dims") && v) dims = v, i++;
+        else if (!strcmp(a, "--backend") && v) backend_name = v, i++;
+        else if (!strcmp(a, "--dtype") && v) dtype = v, i++;
+        else if (!strcmp(a, "--threads") && v) threads = atoi(v), i++;
+        else if (!strcmp(a, "--batch") && v) n_batches = parse_list(v, batches), i++;
+        else if (!strcmp(a, "--prompt") && v) n_prompts = parse_list(v, prompts), i++;
+        else if (!strcmp(a, "--steps") && v) steps = atoi(v), i++;
+        else if (a[0] != '-' && !dir) dir = a;
+        else usage();
+    }
+    if (!dims == !dir) usage();
+    bm_backend backend = !strcmp(backend_name, "cpu") ? BM_BACKEND_CPU : BM_BACKEND_CUDA;
+    const int cuda = backend == BM_BACKEND_CUDA;
+#ifndef BM_WITH_CUDA
+    if (cuda) {
+        fprintf(stderr, "bm-bench: this build has no CUDA backend; use --backend cpu\n");
+        return 1;
+    }
+#endif
+    if (!steps) steps = cuda ? 200 : 8;
+    char device[128] = "CPU";
+    size_t free_before = 0, free_after = 0, total = 0;
+#ifdef BM_WITH_CUDA
+    if (cuda && bmi_cuda_device_info(0, device, sizeof device, &free_before, &total)) {
+        fprintf(stderr, "bm-bench: %s\n", bm_last_error());
+        return 1;
+    }
+#endif
+
+    /* the model */
+    random_weights w;
+    memset(&w, 0, sizeof w);
+    bm_model *m = NULL;
+    double load_s = 0;
+    bm_status st;
+    if (dims) {
+        bmi_random_config rc;
+        if ((st = bmi_random_config_preset(&rc, dims))) {
+            fprintf(stderr, "bm-bench: %s\n", bm_last_error());
+            return 1;
+        }
+        rc.dtype = !strcmp(dtype, "f16") ? BMI_F16 : !strcmp(dtype, "f32") ? BMI_F32 : BMI_BF16;
+        double t0 = now();
+        if ((st = random_weights_make(&rc, 16, &w))) {
+            fprintf(stderr, "bm-bench: %s\n", bm_last_error());
+            return 1;
+        }
+        printf("random %s weights (%s) made in %.1f s\n", dims, dtype, now() - t0);
+        t0 = now();
+        st = random_model_create(&w, backend, threads, &m);
+        load_s = now() - t0;
+    } else {
+        bm_model_params p;
+        bm_model_params_init(&p);
+        p.backend = backend;
+        p.n_threads = threads;
+        double t0 = now();
+        st = bm_model_load(dir, &p, &m);
+        load_s = now() - t0;
+    }
+    if (st) {
+        fprintf(stderr, "bm-bench: %s\n", bm_last_error());
+        return 1;
+    }
+    bm_model_info info;
+    memset(&info, 0, sizeof info);
+    info.size = sizeof info;
+    bm_model_get_info(m, &info);
+    /* the CUDA backend holds every matrix in 16 bits; the CPU reads them as stored */
+    const double elem = cuda || info.weight_dtype != 0 ? 2.0 : 4.0;
+    const counts work = count_work(m, elem);
+    printf("model: %d layers, d %d, %llu params (%llu active), state %llu bytes, backend %s, device %s\n",
+           info.n_layers, info.d_model, (unsigned long long)info.n_params, (unsigned long long)info.n_active_params,
+           (unsigned long long)info.state_bytes, cuda ? "cuda" : "cpu", device);
+
+    /* the ceilings, measured now */
+    double bandwidth = 0, gemm_rate = 0;
+#ifdef BM_WITH_CUDA
+    if (cuda) {
+        if (bmi_cuda_measure_copy(0, (size_t)1 << 30, 20, &bandwidth) ||
+            bmi_cuda_measure_gemm(0, 8192, 8192, 8192, 10, &gemm_rate))
+            fprintf(stderr, "bm-bench: measuring the device: %s\n", bm_last_error());
+    }
+#endif
+    if (!cuda) bandwidth = cpu_read_bandwidth(threads ? threads : m->n_threads);
+    printf("measured: %s bandwidth %.0f GB/s%s", cuda ? "device-to-device copy" : "memory read",
+           bandwidth / 1e9, cuda ? " (read + written)" : "");
+    if (cuda) printf(", bf16 GEMM 8192^3 %.0f TFLOP/s", gemm_rate / 1e12);
+    printf("\n");
+
+    bm_session *s = NULL;
+    if ((st = bm_session_new(m, NULL, &s))) {
+        fprintf(stderr, "bm-bench: %s\n", bm_last_error());
+        return 1;
+    }
+    const int V = info.vocab_size;
+
+    /* decode, for each batch size */
+    double decode_ms[MAX_LIST];
+    for (int bi = 0; bi < n_batches; bi++) {
+        const int B = batches[bi] > 0 ? batches[bi] : 1;
+        bm_state **states = (bm_state **)calloc((size_t)B, sizeof *states);
+        int32_t *tok = (int32_t *)malloc((size_t)B * sizeof(int32_t));
+        uint64_t *rngs = (uint64_t *)malloc((size_t)B * sizeof(uint64_t));
+        for (int i = 0; i < B; i++) {
+            bm_state_new(m, &states[i]);
+            int32_t prompt[8] = {1, 2, 3, 4, 5, 6, 7, (int32_t)i % V};
+            bm_prefill(s, states[i], prompt, 8, NULL);
+            tok[i] = 17 + i;
+            rngs[i] = (uint64_t)i;
+        }
+        bm_sampler_params greedy;
+        bm_sampler_params_init(&greedy);
+        greedy.temperature = 0;
+        greedy.repeat_penalty = 1;
+        const int warm = cuda ? 10 : 1;
+        double t0 = 0;
+        for (int i = 0; i < warm + steps; i++) {
+            if (i == warm) t0 = now();
+            if ((st = bm_step_batch_sample(s, states, tok, (size_t)B, &greedy, rngs, tok))) {
+                fprintf(stderr, "bm-bench: decode: %s\n", bm_last_error());
+                return 1;
+            }
+        }
+        decode_ms[bi] = (now() - t0) / steps * 1e3;
+        printf("decode batch %3d: %.3f ms/step, %.3f ms/token, %.0f tokens/s\n", B, decode_ms[bi], decode_ms[bi] / B,
+               B * 1e3 / decode_ms[bi]);
+        for (int i = 0; i < B; i++) bm_state_free(states[i]);
+        free(states);
+        free(tok);
+        free(rngs);
+    }
+
+    /* prefill, for each prompt length */
+    double prefill_tps[MAX_LIST];
+    bm_state *ps = NULL;
+    bm_state_new(m, &ps);
+    float *logits = (float *)malloc((size_t)V * sizeof(float));
+    for (int pi = 0; pi < n_prompts; pi++) {
+        const int L = prompts[pi] > 0 ? prompts[pi] : 1;
+        int32_t *prompt = (int32_t *)malloc((size_t)L * sizeof(int32_t));
+        for (int i = 0; i < L; i++) prompt[i] = (int32_t)((i * 7919u + 13u) % (unsigned)V);
+        const int reps = cuda ? 7 : 1;
+        double t[16];
+        for (int r = -1; r < reps; r++) { /* one warm-up: scratch, heuristics */
+            bm_state_reset(ps);
+            double t0 = now();
+            if ((st = bm_prefill(s, ps, prompt, (size_t)L, logits))) {
+                fprintf(stderr, "bm-bench: prefill: %s\n", bm_last_error());
+                return 1;
+            }
+            if (r >= 0) t[r] = now() - t0;
+        }
+        qsort(t, (size_t)reps, sizeof t[0], cmp_double);
+        prefill_tps[pi] = L / t[reps / 2];
+        printf("prefill %5d tokens: %.2f ms, %.0f tokens/s\n", L, t[reps / 2] * 1e3, prefill_tps[pi]);
+        free(prompt);
+    }
+    free(logits);
+    bm_state_free(ps);
+#ifdef BM_WITH_CUDA
+    if (cuda) bmi_cuda_device_info(0, NULL, 0, &free_after, &total);
+#endif
+
+    /* the table */
+    printf("\n| %-34s | %-14s | %-38s |\n", cuda ? device : "CPU", "measured", "floor / share");
+    printf("|%s|%s|%s|\n", "------------------------------------", "----------------",
+           "----------------------------------------");
+    for (int bi = 0; bi < n_batches; bi++) {
+        char label[64], share[96] = "";
+        snprintf(label, sizeof label, "decode batch %d (ms/token)", batches[bi]);
+        if (batches[bi] == 1 && bandwidth > 0) {
+            /* the copy's bandwidth counts bytes read and written, as step_bytes does */
+            double floor_ms = work.step_bytes / bandwidth * 1e3;
+            snprintf(share, sizeof share, "%.3f ms (%.2f GB/step), %.0f%% of BW", floor_ms, work.step_bytes / 1e9,
+                     100.0 * floor_ms / decode_ms[bi]);
+        }
+        printf("| %-34s | %14.3f | %-38s |\n", label, decode_ms[bi] / batches[bi], share);
+    }
+    for (int pi = 0; pi < n_prompts; pi++) {
+        char label[64], share[96] = "";
+        snprintf(label, sizeof label, "prefill %d tokens (tokens/s)", prompts[pi]);
+        if (cuda && gemm_rate > 0) {
+            double flops = work.flops_token * prompts[pi] + work.head_flops;
+            double floor_s = flops / gemm_rate;
+            snprintf(share, sizeof share, "%.0f tok/s at GEMM rate, %.0f%%", prompts[pi] / floor_s,
+                     100.0 * floor_s * prefill_tps[pi] / prompts[pi]);
+        }
+        printf("| %-34s | %14.0f | %-38s |\n", label, prefill_tps[pi], share);
+    }
+    printf("| %-34s | %14.2f | %-38s |\n", "load (s)", load_s, dims ? "in-memory weights, bind + upload" : "from files");
+#ifdef BM_WITH_CUDA
+    if (cuda) {
+        char rest[96];
+        double used = (double)free_before - (double)free_after, weights = (double)bmi_cuda_weight_bytes(m);
+        snprintf(rest, sizeof rest, "weights %.2f GB + %.2f GB", weights / 1e9, (used - weights) / 1e9);
+        printf("| %-34s | %14.2f | %-38s |\n", "GPU memory used (GB)", used / 1e9, rest);
+    }
+#endif
+    printf("| %-34s | %14llu | %-38s |\n", "state bytes", (unsigned long long)info.state_bytes, "");
+    bm_session_free(s);
+    bm_model_free(m);
+    random_weights_free(&w);
+    return 0;
+}

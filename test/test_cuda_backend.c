@@ -1,0 +1,420 @@
+/* The CUDA backend against the golden fixtures and against the CPU backend.
+ *
+ *  - Fixtures (tiny-f32, tiny-bf16): every prompt's prefill logits (all
+ *    positions) and the 12 teacher-forced decode steps within the SPEC.md
+ *    bf16 tolerance (relative error 2e-2 over the vector) and the same greedy
+ *    token wherever the reference's top-2 margin exceeds 1e-2 relative.
+ *  - Random-weight models (a small one covering parallel "rN", dense "1"
+ *    layers and biases, an f16 one, and unless BM_CUDA_TEST_SMALL is set the
+ *    released 1.5B and 2.8B dimensions): CUDA vs CPU for prefill logits at
+ *    every position, 64 decode steps, bm_step_batch (more streams than one
+ *    decode graph holds), bm_step_batch_sample, prompts split across calls,
+ *    and state hand-over GPU -> CPU and CPU -> GPU through save/load.
+ *  - Without a GPU: AUTO picks the CPU and an explicit CUDA request fails
+ *    with BM_ERR_DEVICE and a message.
+ * Prints each comparison's worst error; the summary line is last. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "blackmamba.h"
+#include "bmcuda.h"
+#include "check.h"
+#include "model.h"
+#include "tensor.h"
+#include "test_cuda_random.h"
+
+#define TOLERANCE 2e-2
+#define MARGIN 1e-2
+
+static double now_seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static double rel_error(const float *a, const float *ref, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)ref[i];
+        if (isnan(a[i])) return INFINITY;
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static int argmax(const float *v, size_t n) {
+    int best = 0;
+    for (size_t i = 1; i < n; i++)
+        if (v[i] > v[best]) best = (int)i;
+    return best;
+}
+
+/* 1 when the reference's top two are far enough apart that rounding must not swap them. */
+static int clear_winner(const float *ref, size_t n) {
+    int top = argmax(ref, n);
+    float second = -INFINITY;
+    for (size_t i = 0; i < n; i++)
+        if ((int)i != top && ref[i] > second) second = ref[i];
+    return (ref[top] - second) > MARGIN * fabsf(ref[top]);
+}
+
+/* Worst error and greedy disagreements of rows of `got` against `ref`. */
+typedef struct tally {
+    double worst;
+    int rows, greedy_checked, greedy_wrong;
+} tally;
+
+static void compare_rows(tally *t, const float *got, const float *ref, size_t rows, size_t V) {
+    for (size_t r = 0; r < rows; r++) {
+        double e = rel_error(got + r * V, ref + r * V, V);
+        if (e > t->worst || isnan(e)) t->worst = e;
+        t->rows++;
+        if (clear_winner(ref + r * V, V)) {
+            t->greedy_checked++;
+            if (argmax(got + r * V, V) != argmax(ref + r * V, V)) t->greedy_wrong++;
+        }
+    }
+}
+
+static void report(const char *what, const tally *t) {
+    printf("  %-44s rows %4d  worst rel err %.2e  greedy %d/%d agree\n", what, t->rows, t->worst,
+           t->greedy_checked - t->greedy_wrong, t->greedy_checked);
+    CHECK_MSG(t->worst <= TOLERANCE, "%s: relative error %.3e above %.0e", what, t->worst, TOLERANCE);
+    CHECK_MSG(t->greedy_wrong == 0, "%s: %d of %d clear greedy choices differ", what, t->greedy_wrong,
+              t->greedy_checked);
+}
+
+/* ---- fixtures ------------------------------------------------------------ */
+
+static const void *golden(const bmi_tensor_table *g, const char *fmt, int k, size_t *count) {
+    char name[64];
+    snprintf(name, sizeof name, fmt, k);
+    const bmi_tensor *t = bmi_table_find(g, name);
+    if (count) *count = t ? (size_t)bmi_tensor_numel(t) : 0;
+    return t ? t->data : NULL;
+}
+
+static void test_fixture(const char *name) {
+    char dir[1024], path[1100];
+    snprintf(dir, sizeof dir, "%s/fixtures/%s", check_shared_dir(), name);
+    snprintf(path, sizeof path, "%s/golden.safetensors", dir);
+    printf("fixture %s\n", name);
+    bmi_tensor_table g;
+    memset(&g, 0, sizeof g);
+    bm_status st = bmi_read_safetensors(path, &g);
+    CHECK_MSG(st == BM_OK, "reading %s: %s", path, bm_last_error());
+    if (st) return;
+    bm_model_params p;
+    bm_model_params_init(&p);
+    p.backend = BM_BACKEND_CUDA;
+    bm_model *m = NULL;
+    st = bm_model_load(dir, &p, &m);
+    CHECK_MSG(st == BM_OK, "loading %s on CUDA: %s", dir, bm_last_error());
+    if (st) {
+        bmi_table_free(&g);
+        return;
+    }
+    bm_model_info info;
+    memset(&info, 0, sizeof info);
+    info.size = sizeof info;
+    CHECK_OK(bm_model_get_info(m, &info));
+    CHECK(info.backend == BM_BACKEND_CUDA);
+    const size_t V = (size_t)info.vocab_size;
+    bm_session *s = NULL;
+    bm_state *state = NULL, *split = NULL;
+    CHECK_OK(bm_session_new(m, NULL, &s));
+    CHECK_OK(bm_state_new(m, &state));
+    CHECK_OK(bm_state_new(m, &split));
+    tally prefill = {0}, decode = {0}, split_t = {0};
+    for (int k = 0; s && state; k++) {
+        size_t L = 0, S = 0, n_dec = 0;
+        const int32_t *prompt = (const int32_t *)golden(&g, "p%d.prompt", k, &L);
+        if (!prompt) break;
+        const float *ref_prefill = (const float *)golden(&g, "p%d.prefill_logits", k, NULL);
+        const int32_t *dec_tokens = (const int32_t *)golden(&g, "p%d.decode_tokens", k, &S);
+        const float *ref_decode = (const float *)golden(&g, "p%d.decode_logits", k, &n_dec);
+        float *all = (float *)malloc(L * V * sizeof(float)), *row = (float *)malloc(V * sizeof(float));
+        CHECK_OK(bm_state_reset(state));
+        CHECK_OK(bm_prefill_all(s, state, prompt, L, all));
+        if (ref_prefill) compare_rows(&prefill, all, ref_prefill, L, V);
+        /* row 0 of decode_logits follows the prompt, then one step per token */
+        compare_rows(&decode, all + (L - 1) * V, ref_decode, 1, V);
+        for (size_t i = 0; i + 1 < S; i++) {
+            CHECK_OK(bm_step(s, state, dec_tokens[i], row));
+            compare_rows(&decode, row, ref_decode + (i + 1) * V, 1, V);
+        }
+        /* the prompt in two calls (the conv and ssm state carried between them) */
+        if (L >= 2) {
+            size_t a = L / 3 ? L / 3 : 1;
+            CHECK_OK(bm_state_reset(split));
+            CHECK_OK(bm_prefill(s, split, prompt, a, NULL));
+            CHECK_OK(bm_prefill(s, split, prompt + a, L - a, row));
+            compare_rows(&split_t, row, ref_decode, 1, V);
+            CHECK(bm_state_n_tokens(split) == L);
+        }
+        free(all);
+        free(row);
+    }
+    report("prefill logits, every position", &prefill);
+    report("decode logits, teacher forced", &decode);
+    report("prompt split across two prefill calls", &split_t);
+    bm_state_free(state);
+    bm_state_free(split);
+    bm_session_free(s);
+    bm_model_free(m);
+    bmi_table_free(&g);
+}
+
+/* ---- CUDA against CPU on random weights ---------------------------------------- */
+
+typedef struct pair {
+    bm_model *cpu, *gpu;
+    bm_session *scpu, *sgpu;
+    size_t V;
+} pair;
+
+static void random_tokens(int32_t *t, size_t n, uint32_t seed, size_t V) {
+    uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+    for (size_t i = 0; i < n; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        t[i] = (int32_t)(x % V);
+    }
+}
+
+static void test_prefill_and_decode(pair *p, size_t L, int steps) {
+    const size_t V = p->V;
+    int32_t *prompt = (int32_t *)malloc(L * sizeof(int32_t));
+    random_tokens(prompt, L, 11, V);
+    float *lc = (float *)malloc(L * V * sizeof(float)), *lg = (float *)malloc(L * V * sizeof(float));
+    bm_state *c = NULL, *g = NULL, *handed = NULL;
+    CHECK_OK(bm_state_new(p->cpu, &c));
+    CHECK_OK(bm_state_new(p->gpu, &g));
+    double t0 = now_seconds();
+    CHECK_OK(bm_prefill_all(p->scpu, c, prompt, L, lc));
+    double t1 = now_seconds();
+    CHECK_OK(bm_prefill_all(p->sgpu, g, prompt, L, lg));
+    double t2 = now_seconds();
+    tally pre = {0}, dec = {0}, over = {0}, back = {0};
+    compare_rows(&pre, lg, lc, L, V);
+    char what[96];
+    snprintf(what, sizeof what, "prefill %zu tokens, every position", L);
+    report(what, &pre);
+    printf("  (cpu prefill %.2f s, gpu %.3f s)\n", t1 - t0, t2 - t1);
+
+    /* teacher-forced decode: both get the CPU's greedy token */
+    float *rc = (float *)malloc(V * sizeof(float)), *rg = (float *)malloc(V * sizeof(float));
+    int32_t token = argmax(lc + (L - 1) * V, V);
+    t0 = now_seconds();
+    double gpu_time = 0;
+    for (int i = 0; i < steps; i++) {
+        CHECK_OK(bm_step(p->scpu, c, token, rc));
+        double a = now_seconds();
+        CHECK_OK(bm_step(p->sgpu, g, token, rg));
+        gpu_time += now_seconds() - a;
+        compare_rows(&dec, rg, rc, 1, V);
+        token = argmax(rc, V);
+    }
+    snprintf(what, sizeof what, "%d decode steps", steps);
+    report(what, &dec);
+    printf("  (cpu+gpu decode %.2f s, gpu part %.3f s)\n", now_seconds() - t0, gpu_time);
+
+    /* hand-over: the GPU state continues on the CPU, and the reverse */
+    size_t len = 0;
+    CHECK_OK(bm_state_save(g, NULL, 0, &len));
+    void *buf_g = malloc(len), *buf_c = malloc(len);
+    CHECK_OK(bm_state_save(g, buf_g, len, &len));
+    CHECK_OK(bm_state_save(c, buf_c, len, &len));
+    {
+        /* the states themselves agree */
+        const float *sg = (const float *)((const char *)buf_g + 64), *sc = (const float *)((const char *)buf_c + 64);
+        double e = rel_error(sg, sc, (len - 64) / 4);
+        printf("  %-44s rel err %.2e\n", "GPU state vs CPU state after decode", e);
+        CHECK_MSG(e <= TOLERANCE, "state error %.3e", e);
+    }
+    CHECK_OK(bm_state_new(p->cpu, &handed));
+    CHECK_OK(bm_state_load(handed, buf_g, len));
+    CHECK(bm_state_n_tokens(handed) == bm_state_n_tokens(g));
+    for (int i = 0; i < 4; i++) {
+        CHECK_OK(bm_step(p->scpu, handed, token, rg));
+        CHECK_OK(bm_step(p->scpu, c, token, rc));
+        compare_rows(&over, rg, rc, 1, V);
+        token = argmax(rc, V);
+    }
+    report("GPU state continued on the CPU", &over);
+    bm_state_free(handed);
+    handed = NULL;
+    /* CPU -> GPU */
+    CHECK_OK(bm_state_save(c, buf_c, len, &len));
+    CHECK_OK(bm_state_new(p->gpu, &handed));
+    CHECK_OK(bm_state_load(handed, buf_c, len));
+    for (int i = 0; i < 4; i++) {
+        CHECK_OK(bm_step(p->sgpu, handed, token, rg));
+        CHECK_OK(bm_step(p->scpu, c, token, rc));
+        compare_rows(&back, rg, rc, 1, V);
+        token = argmax(rc, V);
+    }
+    report("CPU state continued on the GPU", &back);
+    free(buf_g);
+    free(buf_c);
+    bm_state_free(handed);
+    bm_state_free(c);
+    bm_state_free(g);
+    free(rc);
+    free(rg);
+    free(lc);
+    free(lg);
+    free(prompt);
+}
+
+/* n streams at different points, stepped together; includes more streams
+ * than one decode graph takes. */
+static void test_step_batch(pair *p, size_t n) {
+    const size_t V = p->V;
+    bm_state **c = (bm_state **)calloc(n, sizeof *c), **g = (bm_state **)calloc(n, sizeof *g);
+    int32_t *tok = (int32_t *)malloc(n * sizeof(int32_t)), prompt[40];
+    for (size_t i = 0; i < n; i++) {
+        CHECK_OK(bm_state_new(p->cpu, &c[i]));
+        CHECK_OK(bm_state_new(p->gpu, &g[i]));
+        size_t L = 1 + (i * 7) % 40;
+        random_tokens(prompt, L, 100 + (uint32_t)i, V);
+        CHECK_OK(bm_prefill(p->scpu, c[i], prompt, L, NULL));
+        CHECK_OK(bm_prefill(p->sgpu, g[i], prompt, L, NULL));
+    }
+    random_tokens(tok, n, 7, V);
+    float *lc = (float *)malloc(n * V * sizeof(float)), *lg = (float *)malloc(n * V * sizeof(float));
+    tally t = {0};
+    for (int round = 0; round < 3; round++) {
+        CHECK_OK(bm_step_batch(p->scpu, c, tok, n, lc));
+        CHECK_OK(bm_step_batch(p->sgpu, g, tok, n, lg));
+        compare_rows(&t, lg, lc, n, V);
+        for (size_t i = 0; i < n; i++) tok[i] = argmax(lc + i * V, V);
+    }
+    char what[64];
+    snprintf(what, sizeof what, "bm_step_batch of %zu streams, 3 rounds", n);
+    report(what, &t);
+
+    /* step + sample on the device: greedy agrees with the CPU's argmax where clear */
+    uint64_t *rngs = (uint64_t *)malloc(n * sizeof(uint64_t));
+    int32_t *out = (int32_t *)malloc(n * sizeof(int32_t));
+    for (size_t i = 0; i < n; i++) rngs[i] = 1000 + i;
+    bm_sampler_params sp;
+    bm_sampler_params_init(&sp);
+    sp.temperature = 0;
+    sp.repeat_penalty = 1;
+    CHECK_OK(bm_step_batch(p->scpu, c, tok, n, lc));
+    CHECK_OK(bm_step_batch_sample(p->sgpu, g, tok, n, &sp, rngs, out));
+    int checked = 0, wrong = 0;
+    for (size_t i = 0; i < n; i++) {
+        CHECK(rngs[i] != 1000 + i); /* one draw each, greedy included */
+        if (clear_winner(lc + i * V, V)) {
+            checked++;
+            wrong += out[i] != argmax(lc + i * V, V);
+        }
+    }
+    printf("  %-44s greedy %d/%d agree\n", "bm_step_batch_sample on the device", checked - wrong, checked);
+    CHECK(wrong == 0);
+    /* sampled (top-k 40, temperature 0.8): valid ids */
+    bm_sampler_params_init(&sp);
+    sp.repeat_penalty = 1;
+    CHECK_OK(bm_step_batch_sample(p->sgpu, g, out, n, &sp, rngs, out));
+    for (size_t i = 0; i < n; i++) CHECK(out[i] >= 0 && (size_t)out[i] < V);
+    for (size_t i = 0; i < n; i++) {
+        bm_state_free(c[i]);
+        bm_state_free(g[i]);
+    }
+    free(c);
+    free(g);
+    free(tok);
+    free(lc);
+    free(lg);
+    free(rngs);
+    free(out);
+}
+
+static void test_random_model(const char *label, const bmi_random_config *rc, size_t L, int steps, size_t batch) {
+    printf("random model %s\n", label);
+    random_weights w;
+    double t0 = now_seconds();
+    bm_status st = random_weights_make(rc, 16, &w);
+    CHECK_MSG(st == BM_OK, "random weights: %s", bm_last_error());
+    if (st) return;
+    pair p;
+    memset(&p, 0, sizeof p);
+    double t1 = now_seconds();
+    st = random_model_create(&w, BM_BACKEND_CUDA, 0, &p.gpu);
+    CHECK_MSG(st == BM_OK, "CUDA model: %s", bm_last_error());
+    double t2 = now_seconds();
+    if (st == BM_OK) st = random_model_create(&w, BM_BACKEND_CPU, 0, &p.cpu);
+    CHECK_MSG(st == BM_OK, "CPU model: %s", bm_last_error());
+    printf("  (weights made in %.1f s, uploaded in %.2f s, %.2f GB on the GPU)\n", t1 - t0, t2 - t1,
+           p.gpu ? bmi_cuda_weight_bytes(p.gpu) / 1e9 : 0.0);
+    if (st == BM_OK) {
+        p.V = (size_t)p.cpu->config.vocab_size;
+        CHECK_OK(bm_session_new(p.cpu, NULL, &p.scpu));
+        CHECK_OK(bm_session_new(p.gpu, NULL, &p.sgpu));
+        if (p.scpu && p.sgpu) {
+            test_prefill_and_decode(&p, L, steps);
+            test_step_batch(&p, batch);
+        }
+    }
+    bm_session_free(p.scpu);
+    bm_session_free(p.sgpu);
+    bm_model_free(p.cpu);
+    bm_model_free(p.gpu);
+    random_weights_free(&w);
+}
+
+static void test_without_gpu(void) {
+    bmi_random_config rc;
+    CHECK_OK(bmi_random_config_preset(&rc, "tiny"));
+    random_weights w;
+    if (random_weights_make(&rc, 1, &w) != BM_OK) {
+        CHECK_MSG(0, "random weights: %s", bm_last_error());
+        return;
+    }
+    bm_model *m = NULL;
+    CHECK_ERR(random_model_create(&w, BM_BACKEND_CUDA, 1, &m), BM_ERR_DEVICE);
+    CHECK(m == NULL);
+    CHECK_OK(random_model_create(&w, BM_BACKEND_AUTO, 1, &m));
+    if (m) CHECK(m->backend->kind == BM_BACKEND_CPU);
+    bm_model_free(m);
+    random_weights_free(&w);
+}
+
+int main(void) {
+    if (!bmi_cuda_available(0)) {
+        printf("no usable GPU: checking the fallback only\n");
+        test_without_gpu();
+        return check_summary("test_cuda_backend");
+    }
+    char name[128] = "";
+    size_t free_b = 0, total_b = 0;
+    bmi_cuda_device_info(0, name, sizeof name, &free_b, &total_b);
+    printf("GPU 0: %s, %.1f of %.1f GB free\n", name, free_b / 1e9, total_b / 1e9);
+    const int small = getenv("BM_CUDA_TEST_SMALL") != NULL;
+    test_fixture("tiny-f32");
+    test_fixture("tiny-bf16");
+
+    bmi_random_config rc;
+    CHECK_OK(bmi_random_config_preset(&rc, "tiny"));
+    CHECK_OK(bmi_random_parse_layers(&rc, "r,r8,1,r1,8,r"));
+    rc.add_bias_linear = 1;
+    test_random_model("small, layers r,r8,1,r1,8,r with biases (bf16)", &rc, small ? 70 : 300, small ? 8 : 64, 11);
+    CHECK_OK(bmi_random_config_preset(&rc, "tiny"));
+    rc.dtype = BMI_F16;
+    rc.d_model = 128;
+    test_random_model("small f16, d 128", &rc, small ? 40 : 100, small ? 4 : 16, 3);
+    if (!small) {
+        CHECK_OK(bmi_random_config_preset(&rc, "1.5B"));
+        test_random_model("1.5B dims (bf16)", &rc, 100, 64, 11);
+        CHECK_OK(bmi_random_config_preset(&rc, "2.8B"));
+        test_random_model("2.8B dims (bf16)", &rc, 100, 64, 5);
+    }
+    return check_summary("test_cuda_backend");
+}
