@@ -1,0 +1,3 @@
+module github.com/libblackmamba/libblackmamba/bindings/go
+
+go 1.19
