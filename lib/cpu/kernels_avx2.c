@@ -35,20 +35,20 @@
 #define VMUL _mm256_mul_ps
 #define VDIV _mm256_div_ps
 #define VFMA _mm256_fmadd_ps
-#define VFNMA _mm256_fnmadd_ps
+#define VFMS _mm256_fmsub_ps
 #define VMAX _mm256_max_ps
 #define VABS(x) _mm256_andnot_ps(_mm256_set1_ps(-0.0f), (x))
 #define VSEL_NONNEG(x, a, b) _mm256_blendv_ps((a), (b), _mm256_cmp_ps((x), VZERO, _CMP_LT_OQ))
 
 /* e^x as in the AVX-512 path; 2^n is built in the exponent field, so x is
  * clamped to where 2^n is a normal float and results below that are 0. */
-static inline __m256 vexp(__m256 x) {
+static inline __m256 vexp2(__m256 x, __m256 lo) {
     __m256 in_range = _mm256_cmp_ps(x, _mm256_set1_ps(-87.33654f), _CMP_GE_OQ);
     x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.33654f)), _mm256_set1_ps(88.02969f));
     __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    r = _mm256_add_ps(_mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r), lo);
     __m256 p = _mm256_set1_ps(1.0f / 5040);
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
@@ -60,6 +60,8 @@ static inline __m256 vexp(__m256 x) {
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), in_range);
 }
+
+static inline __m256 vexp(__m256 x) { return vexp2(x, _mm256_setzero_ps()); }
 
 #include "vmath.h"
 

@@ -37,21 +37,21 @@
 #define VMUL _mm512_mul_ps
 #define VDIV _mm512_div_ps
 #define VFMA _mm512_fmadd_ps
-#define VFNMA _mm512_fnmadd_ps
+#define VFMS _mm512_fmsub_ps
 #define VMAX _mm512_max_ps
 #define VABS _mm512_abs_ps
 #define VSEL_NONNEG(x, a, b) _mm512_mask_blend_ps(_mm512_cmp_ps_mask((x), VZERO, _CMP_GE_OQ), (b), (a))
 
-/* e^x = 2^n e^r, n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2]
+/* e^(x + lo) = 2^n e^r, n = round(x / ln 2), r = x - n ln 2 + lo, |r| <~ ln2/2
  * (ln 2 split in two so r is exact); e^r by its Taylor series to r^7
  * (truncation error < 6e-9 relative); 2^n applied by vscalefps, which
  * gives 0 or inf past the float range. */
-static inline __m512 vexp(__m512 x) {
+static inline __m512 vexp2(__m512 x, __m512 lo) {
     x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(89.0f));
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    r = _mm512_add_ps(_mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r), lo);
     __m512 p = _mm512_set1_ps(1.0f / 5040);
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
@@ -62,6 +62,8 @@ static inline __m512 vexp(__m512 x) {
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, n);
 }
+
+static inline __m512 vexp(__m512 x) { return vexp2(x, _mm512_setzero_ps()); }
 
 #include "vmath.h"
 
