@@ -24,12 +24,17 @@
  *    the library does not know, or non-zero reserved fields, is rejected with
  *    BM_ERR_INVALID_ARGUMENT.
  *
- * Threads: a bm_model and a bm_tokenizer are immutable after loading and may
- * be used from any number of threads at once. A bm_session and a bm_state
- * are used by one thread at a time (use one session per thread; a state may
- * move between threads and sessions of the same model, but is never touched
- * by two calls at once). bm_sample is pure and thread-safe. The error message
- * is per thread.
+ * Threads: a bm_model and a bm_tokenizer (also the one bm_model_tokenizer
+ * returns) are immutable after loading and may be used from any number of
+ * threads at once. A bm_session, a bm_state and a bm_detokenizer are used by
+ * one thread at a time (use one session per thread; a state may move between
+ * threads and sessions of the same model, but is never touched by two calls
+ * at once, and every state of a batch call counts as touched by it). Freeing
+ * an object must not overlap any other use of it, and a model or tokenizer
+ * is freed only after every session, state and detokenizer made from it.
+ * bm_sample, bm_version, bm_status_string and the `_params_init` functions
+ * are pure and thread-safe. The error message (bm_last_error) is per thread.
+ * A cancel callback and a piece callback run on the thread that made the call.
  */
 #ifndef BLACKMAMBA_H
 #define BLACKMAMBA_H
