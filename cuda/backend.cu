@@ -157,6 +157,27 @@ static void upload_model(uploader *u, const bm_model *m, cuda_model *cm) {
             L->router_w = mat32(u, &lw->router);
             L->router_b = vec(u, lw->router_bias, (size_t)E);
         }
+        L->fused_route = !lc->has_mamba && i > 0 && c->layers[i - 1].has_mamba && !c->layers[i - 1].n_experts &&
+                         E <= BMC_MAX_FUSED_EXPERTS;
+        if (L->fused_route && E >= 2) {
+            float *dev = (float *)place(u, (size_t)E * d * 4);
+            L->route_w_normed = dev;
+            if (!u->dry && u->err == cudaSuccess) {
+                float *host = (float *)bmi_malloc((size_t)E * d * 4);
+                if (!host) {
+                    u->err = cudaErrorMemoryAllocation;
+                } else {
+                    for (int e = 0; e < E; e++)
+                        for (size_t k = 0; k < d; k++)
+                            host[(size_t)e * d + k] = element(lw->router.data, lw->router.dtype, (size_t)e * d + k) *
+                                                      lw->norm[k];
+                    upload(u, dev, host, BMI_F32, BMI_F32, (size_t)E * d);
+                    /* the copy engine reads `host` asynchronously: wait before freeing it */
+                    if (u->err == cudaSuccess) u->err = cudaStreamSynchronize(u->stream);
+                    bmi_free(host);
+                }
+            }
+        }
         /* experts back to back, so a device-side index finds any of them */
         const size_t fc1_n = g * F * d, fc2_n = d * F;
         char *fc1 = (char *)place(u, (size_t)E * fc1_n * 2);
@@ -397,9 +418,10 @@ static bm_status session_init(bm_session *s) {
         const size_t B = BMC_MAX_STEP_ROWS, d = (size_t)c->d_model, di = (size_t)c->d_inner;
         const size_t F = (size_t)(c->ffn_hidden > 0 ? c->ffn_hidden : 1), V = (size_t)c->vocab_size;
         const size_t xd = (size_t)(c->dt_rank + 2 * c->d_state);
-        size_t floats[] = {B * d, B * d, B * d, B * d, B * 2 * di, B * xd, B * di, B * F, B * V, B};
+        const size_t partials = (size_t)bmc_gemv_max_blocks(c->d_model) * B * (1 + BMC_MAX_FUSED_EXPERTS);
+        size_t floats[] = {B * d, B * d, B * d, B * d, B * 2 * di, B * xd, B * di, B * F, B * V, B, B, partials, 64};
         float **dst[] = {&cs->res[0], &cs->res[1], &cs->h, &cs->normed, &cs->xz, &cs->xdbl, &cs->yg, &cs->m,
-                         &cs->logits, &cs->gates};
+                         &cs->logits, &cs->gates, &cs->scales, &cs->route_partials, (float **)&cs->route_counter};
         const int n_f = (int)(sizeof floats / sizeof floats[0]);
         size_t total = 0;
         for (int i = 0; i < n_f; i++) total += (floats[i] * 4 + 255) & ~(size_t)255;

@@ -34,6 +34,10 @@ typedef struct dev_layer {
     const float *norm, *norm_moe;
     dev_mamba mamba;
     const float *router_w, *router_b; /* f32 [E, d], [E] */
+    /* Decode routes this MoE-only layer inside the previous layer's out_proj
+     * (BMC_EPI_STORE_ROUTE) when that layer is a plain Mamba layer. */
+    int fused_route;
+    const float *route_w_normed;      /* f32 [E, d]: router_w * norm, for the fused routing */
     const void *fc1, *fc2;            /* [E, g*F, d], [E, d, F] back to back */
     const float *fc1_bias, *fc2_bias; /* [E, g*F], [E, d] or NULL */
 } dev_layer;
@@ -65,7 +69,8 @@ typedef struct cuda_session {
     bmc_gemm_cache *gemm_cache;
     /* decode scratch, BMC_MAX_STEP_ROWS rows */
     char *step_mem;
-    float *res[2], *h, *normed, *xz, *xdbl, *yg, *m, *logits, *gates;
+    float *res[2], *h, *normed, *xz, *xdbl, *yg, *m, *logits, *gates, *scales, *route_partials;
+    unsigned *route_counter;
     int *slot_expert, *slot_count, *slot_rows;
     int32_t *d_tokens, *d_recent, *d_sampled;
     float **d_state_ptrs;

@@ -6,7 +6,7 @@
 #include "kernels.cuh"
 
 #define CONV_THREADS 128
-#define CONV_TOKENS_PER_THREAD 16
+#define CONV_TOKENS_PER_THREAD 4
 
 template <typename A>
 __global__ void __launch_bounds__(CONV_THREADS)

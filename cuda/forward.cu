@@ -322,7 +322,9 @@ static cudaError_t enqueue_step(cuda_session *cs, const bm_model *m, int nb, int
     if ((e = cudaMemcpyAsync(cs->d_state_ptrs, cs->h_state_ptrs, (size_t)nb * sizeof(float *), cudaMemcpyHostToDevice,
                              st)))
         return e;
-    if ((e = cudaEventRecord(cs->inputs_consumed, st))) return e;
+    /* An external record: inside a capture a plain cudaEventRecord only
+     * orders captured work and leaves the event unusable from the host. */
+    if ((e = cudaEventRecordWithFlags(cs->inputs_consumed, st, cudaEventRecordExternal))) return e;
     if ((e = bmc_embed(cs->d_tokens, nb, cm->embedding, wt, d, cs->h, cs->res[0], st, 0))) return e;
     int cur = 0;
     for (int i = 0; i < c->n_layers; i++) {
@@ -396,10 +398,29 @@ static cudaError_t enqueue_step(cuda_session *cs, const bm_model *m, int nb, int
             a.y = cs->h;
             a.ldy = d;
             a.bias = w->out_proj_bias;
+            const dev_layer *next = i + 1 < c->n_layers ? &cm->layers[i + 1] : NULL;
+            if (next && next->fused_route) {
+                a.epilogue = BMC_EPI_STORE_ROUTE;
+                a.res_in = cs->res[cur];
+                a.res_out = cs->res[cur ^ 1];
+                a.eps = BMC_NORM_EPS;
+                a.route_w = next->route_w_normed;
+                a.route_b = next->router_b;
+                a.n_experts = next->n_experts;
+                a.route_partials = cs->route_partials;
+                a.route_counter = cs->route_counter;
+                a.scales_out = cs->scales;
+                a.gates_out = cs->gates;
+                a.slot_expert_out = cs->slot_expert;
+                a.slot_count_out = cs->slot_count;
+                a.slot_rows_out = cs->slot_rows;
+            }
             if ((e = bmc_gemv(&a, wt, 0, sms, st, pdl))) return e;
         }
         if (L->n_experts > 0) {
             const int parallel = L->has_mamba;
+            if (L->fused_route) goto routed; /* the previous out_proj did the add, the norm's scale and the routing */
+            {
             bmc_router_step_args ra;
             memset(&ra, 0, sizeof ra);
             ra.nb = nb;
@@ -419,6 +440,8 @@ static cudaError_t enqueue_step(cuda_session *cs, const bm_model *m, int nb, int
             ra.slot_count = cs->slot_count;
             ra.slot_rows = cs->slot_rows;
             if ((e = bmc_router_step(&ra, st, pdl))) return e;
+            }
+        routed:
             if (!parallel) cur ^= 1;
             const int slots = nb < L->n_experts ? nb : L->n_experts;
 
@@ -436,6 +459,12 @@ static cudaError_t enqueue_step(cuda_session *cs, const bm_model *m, int nb, int
             a.prologue = BMC_PRO_LOAD;
             a.x = cs->normed;
             a.ldx = d;
+            if (L->fused_route) { /* normalise the residual here with the scale the routing found */
+                a.prologue = BMC_PRO_SCALED;
+                a.x = cs->res[cur];
+                a.scales = cs->scales;
+                a.norm_w = L->norm;
+            }
             a.epilogue = c->swiglu ? BMC_EPI_GATED : BMC_EPI_ACT;
             a.act = (int)c->activation;
             a.y = cs->m;

@@ -18,6 +18,97 @@
 #define GEMV_WARPS (GEMV_THREADS / 32)
 #define GEMV_UNROLL 4
 
+/* The STORE_ROUTE epilogue (kernels.cuh). Every thread of the block takes
+ * part: the block's partial sums go through shared memory to a global slot
+ * per block, and the last block reduces them in block order, so the routing
+ * is the same on every run. */
+template <int MAXB>
+__device__ void store_and_route(const bmc_gemv_args &a, float (*red)[2][MAXB], int count, int pair, int kslice,
+                                int ksplit, int row_a, int row_b, bool valid_a, bool valid_b) {
+    constexpr int NP = 1 + BMC_MAX_FUSED_EXPERTS; /* v^2, then one dot per expert */
+    __shared__ float part[GEMV_WARPS][MAXB][NP];
+    __shared__ bool last;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, E = a.n_experts;
+    for (int i = threadIdx.x; i < GEMV_WARPS * MAXB * NP; i += GEMV_THREADS) (&part[0][0][0])[i] = 0.0f;
+    __syncthreads();
+    if (kslice == 0 && lane < count) {
+        const int b = lane;
+        float t2[2] = {0.0f, 0.0f};
+        for (int j = 0; j < ksplit; j++) {
+            t2[0] += red[warp + j][0][b];
+            t2[1] += red[warp + j][1][b];
+        }
+        const int rows2[2] = {row_a, row_b};
+        const bool valid2[2] = {valid_a, valid_b};
+        for (int i = 0; i < 2; i++) {
+            if (!valid2[i]) continue;
+            const int row = rows2[i];
+            const float h = t2[i] + (a.bias ? a.bias[row] : 0.0f);
+            const float v = a.res_in[(size_t)b * a.rows + row] + h;
+            a.y[(size_t)b * a.ldy + row] = h;
+            a.res_out[(size_t)b * a.rows + row] = v;
+            part[warp][b][0] += v * v;
+            for (int e = 0; e < (E >= 2 ? E : 0); e++) part[warp][b][1 + e] += a.route_w[(size_t)e * a.rows + row] * v;
+        }
+    }
+    __syncthreads();
+    const int blocks = gridDim.x * gridDim.y, block = blockIdx.y * gridDim.x + blockIdx.x;
+    const int nb = a.nb, per_block = nb * (1 + E);
+    for (int i = threadIdx.x; i < per_block; i += GEMV_THREADS) {
+        const int b = i / (1 + E), j = i % (1 + E);
+        float sum = 0.0f;
+        for (int w = 0; w < GEMV_WARPS; w++) sum += part[w][b][j];
+        a.route_partials[(size_t)block * per_block + i] = sum;
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(a.route_counter, 1u) == (unsigned)(blocks - 1);
+    __syncthreads();
+    if (!last) return;
+    __threadfence(); /* see every other block's partials */
+    __shared__ float total[BMC_MAX_STEP_ROWS * NP];
+    for (int i = warp; i < per_block; i += GEMV_WARPS) {
+        float sum = 0.0f;
+        for (int blk = lane; blk < blocks; blk += 32) sum += __ldcg(&a.route_partials[(size_t)blk * per_block + i]);
+        sum = bmc_warp_sum(sum);
+        if (lane == 0) total[i] = sum;
+    }
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    int chosen[BMC_MAX_STEP_ROWS];
+    for (int b = 0; b < nb; b++) {
+        const float *tb = total + b * (1 + E);
+        const float scale = rsqrtf(tb[0] / (float)a.rows + a.eps);
+        int best = 0;
+        float best_logit = 0.0f;
+        for (int e = 0; e < E; e++) {
+            const float l = scale * tb[1 + e] + a.route_b[e];
+            if (e == 0 || l > best_logit) {
+                best_logit = l;
+                best = e;
+            }
+        }
+        chosen[b] = E >= 2 ? best : 0;
+        a.gates_out[b] = E >= 2 ? bmc_sigmoid(best_logit) : 1.0f;
+        a.scales_out[b] = scale;
+    }
+    int slot = 0;
+    for (int e = 0; e < E && slot < BMC_MAX_STEP_ROWS; e++) {
+        int n = 0;
+        for (int b = 0; b < nb; b++)
+            if (chosen[b] == e) a.slot_rows_out[slot * BMC_MAX_STEP_ROWS + n++] = b;
+        if (n == 0) continue;
+        a.slot_expert_out[slot] = e;
+        a.slot_count_out[slot] = n;
+        slot++;
+    }
+    for (; slot < BMC_MAX_STEP_ROWS; slot++) {
+        a.slot_expert_out[slot] = 0;
+        a.slot_count_out[slot] = 0;
+    }
+    *a.route_counter = 0u; /* every block has counted: ready for the next launch */
+}
+
 template <typename T, int MAXB>
 __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const bmc_gemv_args a, int ksplit, int gated) {
     extern __shared__ float4 gemv_smem[];
@@ -93,6 +184,13 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const bmc_gemv_args 
             float4 *dst = reinterpret_cast<float4 *>(xs + (size_t)b * K);
             for (int k4 = threadIdx.x; k4 < K / 4; k4 += GEMV_THREADS) dst[k4] = src[k4];
         }
+    } else if (a.prologue == BMC_PRO_SCALED) {
+        for (int b = 0; b < count; b++) {
+            const float *src = a.x + (size_t)s_rows[b] * a.ldx;
+            const float scale = a.scales[s_rows[b]];
+            float *dst = xs + (size_t)b * K;
+            for (int k = threadIdx.x; k < K; k += GEMV_THREADS) dst[k] = src[k] * scale * a.norm_w[k];
+        }
     } else {
         const bool writer = a.res_out && blockIdx.x == 0 && blockIdx.y == 0;
         for (int b = 0; b < count; b++) {
@@ -159,6 +257,10 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const bmc_gemv_args 
         }
     }
     __syncthreads();
+    if (a.epilogue == BMC_EPI_STORE_ROUTE) {
+        store_and_route<MAXB>(a, red, count, pair, kslice, ksplit, row_a, row_b, valid_a, valid_b);
+        return;
+    }
     if (kslice != 0 || lane >= count) return;
 
     /* ---- epilogue: lane b finishes batch row b ---- */
@@ -257,9 +359,14 @@ static cudaError_t launch(const bmc_gemv_args *a, int ksplit, int sm_count, cuda
     return cudaLaunchKernelEx(&cfg, gemv_kernel<T, MAXB>, *a, ksplit, gated);
 }
 
+int bmc_gemv_max_blocks(int rows) { return (rows + 1) / 2; /* ksplit 8: one row pair per block */ }
+
 cudaError_t bmc_gemv(const bmc_gemv_args *a, int wtype, int ksplit, int sm_count, cudaStream_t stream, int pdl) {
     if (a->nb <= 0 || a->rows <= 0) return cudaSuccess;
     if (a->K % 8 != 0 || a->nb > BMC_MAX_STEP_ROWS || (ksplit != 0 && (GEMV_WARPS % ksplit) != 0))
+        return cudaErrorInvalidValue;
+    if (a->epilogue == BMC_EPI_STORE_ROUTE &&
+        (a->slot_expert || a->n_experts < 1 || a->n_experts > BMC_MAX_FUSED_EXPERTS || a->ldy != a->rows))
         return cudaErrorInvalidValue;
     if (wtype == BMC_F16)
         return a->nb == 1 ? launch<__half, 1>(a, ksplit, sm_count, stream, pdl)

@@ -86,14 +86,27 @@ int bmc_gemm(void *lt_handle, bmc_gemm_cache *cache, void *workspace, size_t wor
 cudaError_t bmc_add_bias(float *y, int rows, int n, int ldy, const float *bias, cudaStream_t stream);
 
 /* ---- gemv.cu: the decode projections --------------------------------------- */
-enum { BMC_PRO_LOAD = 0, BMC_PRO_ADD_RMSNORM = 1, BMC_PRO_ADD_LAYERNORM = 2 };
+enum {
+    BMC_PRO_LOAD = 0,
+    BMC_PRO_ADD_RMSNORM = 1,
+    BMC_PRO_ADD_LAYERNORM = 2,
+    BMC_PRO_SCALED = 3 /* x = x_src * scales[row] * norm_w: an RMSNorm whose scale an earlier kernel found */
+};
 enum {
     BMC_EPI_STORE = 0,     /* y = acc + bias */
     BMC_EPI_CONV_SILU = 1, /* in_proj: rows < di become u = SiLU(conv(...)) and advance the conv state; rows >= di (z) stored */
     BMC_EPI_GATED = 2,     /* fc1 with swiglu: rows f and F+f give act(a_f) * a_{F+f}, stored at f */
     BMC_EPI_ACT = 3,       /* fc1 without swiglu: act(acc) */
     BMC_EPI_SCALE_STORE = 4, /* fc2: y = gate * acc */
-    BMC_EPI_SCALE_ADD = 5    /* fc2 of a parallel layer: y += gate * acc */
+    BMC_EPI_SCALE_ADD = 5,   /* fc2 of a parallel layer: y += gate * acc */
+    /* out_proj before an MoE layer: y = acc (+ bias) is the block output h;
+     * v = res_in + h goes to res_out, and the routing of the next layer is
+     * done here: each block sums v^2 and route_w . v over its rows, and the
+     * last block to finish adds the blocks' sums in a fixed order, takes
+     * scale = rsqrt(mean v^2 + eps), logits = scale * (route_w . v) + bias,
+     * top-1 and gate, and groups the rows by expert (as bmc_router_step).
+     * It removes the router launch and its serial work from the chain. */
+    BMC_EPI_STORE_ROUTE = 6
 };
 typedef struct bmc_gemv_args {
     const void *W;           /* [rows, K] (of expert 0 when slot_expert is set) */
@@ -123,7 +136,20 @@ typedef struct bmc_gemv_args {
     long long conv_offset;   /* floats from a state's start to this layer's conv state */
     const float *conv_w, *conv_b;
     int d_conv, di;
+    /* SCALED prologue: per batch row scale */
+    const float *scales;
+    /* STORE_ROUTE (res_in, res_out and eps above; gates and slots out) */
+    const float *route_w;    /* [E, rows]: router weights times the next norm's weights, f32 */
+    const float *route_b;    /* [E] */
+    int n_experts;           /* 1..BMC_MAX_FUSED_EXPERTS; 1 = dense MLP */
+    float *route_partials;   /* blocks * nb * (1 + E) floats */
+    unsigned *route_counter; /* zero before the launch; the last block leaves it zero */
+    float *scales_out, *gates_out; /* [nb] */
+    int *slot_expert_out, *slot_count_out, *slot_rows_out;
 } bmc_gemv_args;
+#define BMC_MAX_FUSED_EXPERTS 16
+/* Blocks bmc_gemv may launch for `rows` outputs (to size route_partials). */
+int bmc_gemv_max_blocks(int rows);
 /* ksplit: warps sharing one pair of rows (1, 2, 4 or 8); sm_count sizes it when 0. */
 cudaError_t bmc_gemv(const bmc_gemv_args *a, int wtype, int ksplit, int sm_count, cudaStream_t stream, int pdl);
 

@@ -7,27 +7,42 @@
 #define ROUTE_MAX_EXPERTS 64
 
 /* One warp per token: E dot products with the f32 router, argmax (lowest
- * index on ties, as the CPU), sigmoid of the winner. */
+ * index on ties, as the CPU), sigmoid of the winner. The router weights are
+ * read once per block into shared memory (when they fit) and shared by the
+ * block's ROUTE_TOKENS_PER_BLOCK tokens. */
+#define ROUTE_TOKENS_PER_BLOCK 64
+#define ROUTE_SMEM_LIMIT (96 * 1024)
 __global__ void __launch_bounds__(ROUTE_THREADS) route_kernel(const float *normed, int T, int d, const float *W,
-                                                              const float *bias, int E, int *expert_of, float *gate) {
-    const int t = blockIdx.x * (ROUTE_THREADS / 32) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (t >= T) return;
-    const float *x = normed + (size_t)t * d;
-    float best_logit = 0.0f;
-    int best = 0;
-    for (int e = 0; e < E; e++) {
-        const float *w = W + (size_t)e * d;
-        float acc = 0.0f;
-        for (int k = lane; k < d; k += 32) acc += w[k] * x[k];
-        acc = bmc_warp_sum(acc) + bias[e];
-        if (e == 0 || acc > best_logit) {
-            best_logit = acc;
-            best = e;
-        }
+                                                              const float *bias, int E, int *expert_of, float *gate,
+                                                              int w_in_smem) {
+    extern __shared__ float4 route_smem[];
+    float *ws = reinterpret_cast<float *>(route_smem);
+    if (w_in_smem) {
+        for (int i = threadIdx.x; i < E * d / 4; i += ROUTE_THREADS)
+            reinterpret_cast<float4 *>(ws)[i] = reinterpret_cast<const float4 *>(W)[i];
+        __syncthreads();
+        W = ws;
     }
-    if (lane == 0) {
-        expert_of[t] = best;
-        gate[t] = bmc_sigmoid(best_logit);
+    const int lane = threadIdx.x & 31;
+    for (int t = blockIdx.x * ROUTE_TOKENS_PER_BLOCK + (threadIdx.x >> 5);
+         t < T && t < (blockIdx.x + 1) * ROUTE_TOKENS_PER_BLOCK; t += ROUTE_THREADS / 32) {
+        const float *x = normed + (size_t)t * d;
+        float best_logit = 0.0f;
+        int best = 0;
+        for (int e = 0; e < E; e++) {
+            const float *w = W + (size_t)e * d;
+            float acc = 0.0f;
+            for (int k = lane; k < d; k += 32) acc += w[k] * x[k];
+            acc = bmc_warp_sum(acc) + bias[e];
+            if (e == 0 || acc > best_logit) {
+                best_logit = acc;
+                best = e;
+            }
+        }
+        if (lane == 0) {
+            expert_of[t] = best;
+            gate[t] = bmc_sigmoid(best_logit);
+        }
     }
 }
 
@@ -71,9 +86,14 @@ cudaError_t bmc_route_prefill(const float *normed, int T, int d, const float *ro
                               cudaStream_t stream) {
     if (T <= 0) return cudaSuccess;
     if (E < 1 || E > ROUTE_MAX_EXPERTS) return cudaErrorInvalidValue;
-    const int per_block = ROUTE_THREADS / 32;
-    route_kernel<<<(T + per_block - 1) / per_block, ROUTE_THREADS, 0, stream>>>(normed, T, d, router_w, router_b, E,
-                                                                                  expert_of, gate);
+    const size_t w_bytes = (size_t)E * d * sizeof(float);
+    const int w_in_smem = d % 4 == 0 && w_bytes <= ROUTE_SMEM_LIMIT;
+    if (w_in_smem && w_bytes > 48 * 1024) {
+        cudaError_t e = cudaFuncSetAttribute(route_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)w_bytes);
+        if (e != cudaSuccess) return e;
+    }
+    route_kernel<<<(T + ROUTE_TOKENS_PER_BLOCK - 1) / ROUTE_TOKENS_PER_BLOCK, ROUTE_THREADS, w_in_smem ? w_bytes : 0,
+                   stream>>>(normed, T, d, router_w, router_b, E, expert_of, gate, w_in_smem);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
     group_kernel<<<1, 32, 0, stream>>>(expert_of, T, E, order, expert_start);

@@ -15,6 +15,7 @@
 
 #define SCAN_THREADS 128
 #define SCAN_MAX_CHUNK 256
+#define SCAN_GROUP 8
 #define NS BMC_D_STATE
 
 static int chunk_length(int T) {
@@ -50,12 +51,25 @@ __global__ void __launch_bounds__(SCAN_THREADS) scan_chunk_kernel(const bmc_scan
     }
     const float bias = a.dt_bias[ch];
     float dsum = 0.0f;
-    for (int t = t0; t < t1; t++) {
-        const float delta = bmc_softplus(a.delta_raw[(size_t)t * a.di + ch] + bias);
-        const float du = delta * a.u[(size_t)t * a.di + ch];
-        dsum += delta;
+    /* Loads for a group of tokens are issued together, so the recurrence
+     * waits for memory once per group instead of once per token. */
+    for (int tg = t0; tg < t1; tg += SCAN_GROUP) {
+        float dr[SCAN_GROUP], uu[SCAN_GROUP];
 #pragma unroll
-        for (int n = 0; n < NS; n++) s[n] = __expf(delta * A[n]) * s[n] + du * Bt[t - t0][n];
+        for (int j = 0; j < SCAN_GROUP; j++) {
+            const int t = tg + j < t1 ? tg + j : t1 - 1;
+            dr[j] = a.delta_raw[(size_t)t * a.di + ch];
+            uu[j] = a.u[(size_t)t * a.di + ch];
+        }
+#pragma unroll
+        for (int j = 0; j < SCAN_GROUP; j++) {
+            if (tg + j >= t1) break;
+            const float delta = bmc_softplus(dr[j] + bias);
+            const float du = delta * uu[j];
+            dsum += delta;
+#pragma unroll
+            for (int n = 0; n < NS; n++) s[n] = __expf(delta * A[n]) * s[n] + du * Bt[tg + j - t0][n];
+        }
     }
     float4 *h4 = reinterpret_cast<float4 *>(h_out + ((size_t)c * a.di + ch) * NS);
 #pragma unroll
@@ -120,18 +134,29 @@ __global__ void __launch_bounds__(SCAN_THREADS) scan_output_kernel(const bmc_sca
     for (int n = 0; n < NS; n++) A[n] = a.A[(size_t)ch * NS + n];
     const float bias = a.dt_bias[ch], Dc = a.D[ch];
     Y *y16 = reinterpret_cast<Y *>(a.y16);
-    for (int t = t0; t < t1; t++) {
-        const float delta = bmc_softplus(a.delta_raw[(size_t)t * a.di + ch] + bias);
-        const float u = a.u[(size_t)t * a.di + ch];
-        const float du = delta * u;
-        float y = 0.0f;
+    for (int tg = t0; tg < t1; tg += SCAN_GROUP) {
+        float dr[SCAN_GROUP], uu[SCAN_GROUP], zz[SCAN_GROUP];
 #pragma unroll
-        for (int n = 0; n < NS; n++) {
-            s[n] = __expf(delta * A[n]) * s[n] + du * Bt[t - t0][n];
-            y += s[n] * Ct[t - t0][n];
+        for (int j = 0; j < SCAN_GROUP; j++) {
+            const int t = tg + j < t1 ? tg + j : t1 - 1;
+            dr[j] = a.delta_raw[(size_t)t * a.di + ch];
+            uu[j] = a.u[(size_t)t * a.di + ch];
+            zz[j] = a.xz[(size_t)t * a.ldxz + a.di + ch];
         }
-        const float z = a.xz[(size_t)t * a.ldxz + a.di + ch];
-        y16[(size_t)t * a.di + ch] = bmc_from_float<Y>((y + Dc * u) * bmc_silu(z));
+#pragma unroll
+        for (int j = 0; j < SCAN_GROUP; j++) {
+            const int t = tg + j;
+            if (t >= t1) break;
+            const float delta = bmc_softplus(dr[j] + bias);
+            const float du = delta * uu[j];
+            float y = 0.0f;
+#pragma unroll
+            for (int n = 0; n < NS; n++) {
+                s[n] = __expf(delta * A[n]) * s[n] + du * Bt[t - t0][n];
+                y += s[n] * Ct[t - t0][n];
+            }
+            y16[(size_t)t * a.di + ch] = bmc_from_float<Y>((y + Dc * uu[j]) * bmc_silu(zz[j]));
+        }
     }
 }
 
