@@ -9,9 +9,10 @@
  *   low half. x is packed to match: in each block of 32, the 16 even-indexed
  *   values, then the 16 odd ones. Exact, no rounding of x.
  * - f16: vcvtph2ps; f32: loaded as is. x is packed unchanged.
- * Matrix products work on register tiles: up to 4 weight rows x 4 tokens
- * (prefill, batches) or 8 rows x 1 token (decode, with software prefetch
- * of the weight streams); tails of rows, tokens and columns are masked. */
+ * Matrix products work on register tiles of up to 4 weight rows x 4 tokens
+ * (prefill, batches); decode (one token) reads one row at a time, the
+ * weights in address order with software prefetch. Tails of rows, tokens
+ * and columns are masked. */
 #include "kernels_simd.h"
 
 #if BMI_CPU_X86
@@ -96,8 +97,8 @@ static void avx512_pack(bmi_dtype dtype, const float *x, int cols, float *out) {
 
 /* ---- matrix products ----------------------------------------------------------- */
 
-/* Bytes ahead of the current column that decode prefetches in each weight row. */
-#define PREFETCH_AHEAD 1024
+/* Bytes ahead that a matrix-vector product prefetches in its weight stream. */
+#define PREFETCH_AHEAD 4096
 
 /* [sum(a), sum(b), sum(c), sum(d)] */
 INLINE __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
@@ -110,7 +111,7 @@ INLINE __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
 }
 
 /* y[t*ldy + r] = acc[r][t] + bias[r] for r < R, t < T. */
-INLINE void store_tile(__m512 acc[8][4], const int R, const int T, const float *bias, float *y, size_t ldy) {
+INLINE void store_tile(__m512 acc[4][4], const int R, const int T, const float *bias, float *y, size_t ldy) {
     for (int r4 = 0; r4 < R; r4 += 4) {
         int n = R - r4 < 4 ? R - r4 : 4;
         __mmask8 m = (__mmask8)((1u << n) - 1u);
@@ -129,8 +130,8 @@ INLINE void store_tile(__m512 acc[8][4], const int R, const int T, const float *
 INLINE void tile_bf16(const uint16_t *w, size_t ldw, int K, const float *x, size_t ldx, const float *bias, float *y,
                       size_t ldy, const int R, const int T, const int prefetch) {
     const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
-    __m512 acc[8][4];
-#pragma GCC unroll 8
+    __m512 acc[4][4];
+#pragma GCC unroll 4
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
@@ -143,10 +144,10 @@ INLINE void tile_bf16(const uint16_t *w, size_t ldw, int K, const float *x, size
             xe[t] = _mm512_load_ps(x + (size_t)t * ldx + (size_t)k);
             xo[t] = _mm512_load_ps(x + (size_t)t * ldx + (size_t)k + 16);
         }
-#pragma GCC unroll 8
+#pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const uint16_t *p = w + (size_t)r * ldw + (size_t)k;
-            if (prefetch) _mm_prefetch((const char *)p + PREFETCH_AHEAD, _MM_HINT_T0);
+            if (prefetch) _mm_prefetch((const char *)(p + (size_t)R * ldw), _MM_HINT_T0);
             __m512i v = _mm512_maskz_loadu_epi16(m, p);
             __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
             __m512 wo = _mm512_castsi512_ps(_mm512_and_si512(v, hi));
@@ -169,8 +170,8 @@ INLINE __m512 load16(const void *row, int k, __mmask16 m, bmi_dtype dt) {
 INLINE void tile_plain(const void *w, size_t ldw, int K, const float *x, size_t ldx, const float *bias, float *y,
                        size_t ldy, const int R, const int T, const int prefetch, const bmi_dtype dt) {
     size_t esize = dt == BMI_F16 ? 2 : 4;
-    __m512 acc[8][4];
-#pragma GCC unroll 8
+    __m512 acc[4][4];
+#pragma GCC unroll 4
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
@@ -179,10 +180,10 @@ INLINE void tile_plain(const void *w, size_t ldw, int K, const float *x, size_t 
         __m512 xv[4];
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) xv[t] = _mm512_load_ps(x + (size_t)t * ldx + (size_t)k);
-#pragma GCC unroll 8
+#pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const char *row = (const char *)w + (size_t)r * ldw * esize;
-            if (prefetch) _mm_prefetch(row + (size_t)k * esize + PREFETCH_AHEAD, _MM_HINT_T0);
+            if (prefetch) _mm_prefetch(row + ((size_t)R * ldw + (size_t)k) * esize, _MM_HINT_T0);
             __m512 wv = load16(row, k, m, dt);
 #pragma GCC unroll 4
             for (int t = 0; t < T; t++) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
@@ -191,20 +192,23 @@ INLINE void tile_plain(const void *w, size_t ldw, int K, const float *x, size_t 
     store_tile(acc, R, T, bias, y, ldy);
 }
 
-/* One tile of R rows (1..8) x T tokens (1..4), R and T made compile-time
- * constants by the switch so the accumulators live in registers. */
+/* One tile of R rows (1..4) x T tokens (1..4), R and T made compile-time
+ * constants by the switch so the accumulators live in registers. With
+ * `prefetch` (the first pass over these rows, straight from memory) each
+ * weight line of the next tile is prefetched as this tile reads its own:
+ * this machine's hardware prefetchers follow R interleaved row streams
+ * poorly. */
 #define TILE_CASE(R, T)                                                                                        \
     case (R) * 8 + (T):                                                                                        \
-        if (dt == BMI_BF16) tile_bf16(w, ldw, K, x, ldx, bias, y, ldy, R, T, (T) == 1);                         \
-        else if (dt == BMI_F16) tile_plain(w, ldw, K, x, ldx, bias, y, ldy, R, T, (T) == 1, BMI_F16);          \
-        else tile_plain(w, ldw, K, x, ldx, bias, y, ldy, R, T, (T) == 1, BMI_F32);                              \
+        if (dt == BMI_BF16) tile_bf16(w, ldw, K, x, ldx, bias, y, ldy, R, T, prefetch);                         \
+        else if (dt == BMI_F16) tile_plain(w, ldw, K, x, ldx, bias, y, ldy, R, T, prefetch, BMI_F16);          \
+        else tile_plain(w, ldw, K, x, ldx, bias, y, ldy, R, T, prefetch, BMI_F32);                              \
         break;
 
 static void tile(bmi_dtype dt, const void *w, size_t ldw, int K, const float *x, size_t ldx, const float *bias,
-                 float *y, size_t ldy, int R, int T) {
+                 float *y, size_t ldy, int R, int T, int prefetch) {
     switch (R * 8 + T) {
         TILE_CASE(1, 1) TILE_CASE(2, 1) TILE_CASE(3, 1) TILE_CASE(4, 1)
-        TILE_CASE(5, 1) TILE_CASE(6, 1) TILE_CASE(7, 1) TILE_CASE(8, 1)
         TILE_CASE(1, 2) TILE_CASE(2, 2) TILE_CASE(3, 2) TILE_CASE(4, 2)
         TILE_CASE(1, 3) TILE_CASE(2, 3) TILE_CASE(3, 3) TILE_CASE(4, 3)
         TILE_CASE(1, 4) TILE_CASE(2, 4) TILE_CASE(3, 4) TILE_CASE(4, 4)
@@ -212,19 +216,71 @@ static void tile(bmi_dtype dt, const void *w, size_t ldw, int K, const float *x,
     }
 }
 
+/* One token (decode): each row on its own, so the weights are read in
+ * address order, one sequential stream per thread, prefetched PREFETCH_AHEAD
+ * bytes ahead; four independent accumulators per row. */
+static void matvec_bf16(const uint16_t *w, size_t ldw, int r0, int r1, int K, const float *x, const float *bias,
+                        float *y) {
+    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+    for (int r = r0; r < r1; r++) {
+        const uint16_t *p = w + (size_t)r * ldw;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        int k = 0;
+        for (; k + 64 <= K; k += 64) {
+            _mm_prefetch((const char *)(p + k) + PREFETCH_AHEAD, _MM_HINT_T0);
+            _mm_prefetch((const char *)(p + k) + PREFETCH_AHEAD + 64, _MM_HINT_T0);
+            __m512i v0 = _mm512_loadu_si512(p + k), v1 = _mm512_loadu_si512(p + k + 32);
+            a0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)), _mm512_load_ps(x + k), a0);
+            a1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v0, hi)), _mm512_load_ps(x + k + 16), a1);
+            a2 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v1, 16)), _mm512_load_ps(x + k + 32), a2);
+            a3 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v1, hi)), _mm512_load_ps(x + k + 48), a3);
+        }
+        for (; k < K; k += 32) {
+            __mmask32 m = K - k >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << (K - k)) - 1u);
+            __m512i v = _mm512_maskz_loadu_epi16(m, p + k);
+            a0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), _mm512_load_ps(x + k), a0);
+            a1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hi)), _mm512_load_ps(x + k + 16), a1);
+        }
+        y[r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3))) + (bias ? bias[r] : 0.0f);
+    }
+}
+
+INLINE void matvec_plain(const void *w, size_t ldw, int r0, int r1, int K, const float *x, const float *bias,
+                         float *y, const bmi_dtype dt) {
+    size_t esize = dt == BMI_F16 ? 2 : 4;
+    for (int r = r0; r < r1; r++) {
+        const char *row = (const char *)w + (size_t)r * ldw * esize;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+        int k = 0;
+        for (; k + 32 <= K; k += 32) {
+            _mm_prefetch(row + (size_t)k * esize + PREFETCH_AHEAD, _MM_HINT_T0);
+            if (esize == 4) _mm_prefetch(row + (size_t)k * esize + PREFETCH_AHEAD + 64, _MM_HINT_T0);
+            a0 = _mm512_fmadd_ps(load16(row, k, 0xffff, dt), _mm512_load_ps(x + k), a0);
+            a1 = _mm512_fmadd_ps(load16(row, k + 16, 0xffff, dt), _mm512_load_ps(x + k + 16), a1);
+        }
+        for (; k < K; k += 16) a0 = _mm512_fmadd_ps(load16(row, k, tail16(K - k), dt), _mm512_load_ps(x + k), a0);
+        y[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + (bias ? bias[r] : 0.0f);
+    }
+}
+
 static void avx512_matmul_rows(const bmi_matrix *W, const float *bias, int r0, int r1, const float *xp, size_t ldxp,
                                int n_tok, float *y, size_t ldy) {
     size_t esize = bmi_dtype_size(W->dtype), ldw = (size_t)W->cols;
-    int rows_per_tile = n_tok == 1 ? 8 : 4;
+    if (n_tok == 1) {
+        if (W->dtype == BMI_BF16) matvec_bf16(W->data, ldw, r0, r1, W->cols, xp, bias, y);
+        else if (W->dtype == BMI_F16) matvec_plain(W->data, ldw, r0, r1, W->cols, xp, bias, y, BMI_F16);
+        else matvec_plain(W->data, ldw, r0, r1, W->cols, xp, bias, y, BMI_F32);
+        return;
+    }
     /* Token tiles outer: a tile's packed x rows stay in L1 while the task's
      * weight rows (a few hundred KB at most) come again and again from L2. */
     for (int t = 0; t < n_tok; t += 4) {
         int T = n_tok - t < 4 ? n_tok - t : 4;
-        for (int r = r0; r < r1; r += rows_per_tile) {
-            int R = r1 - r < rows_per_tile ? r1 - r : rows_per_tile;
+        for (int r = r0; r < r1; r += 4) {
+            int R = r1 - r < 4 ? r1 - r : 4;
             const void *w = (const char *)W->data + (size_t)r * ldw * esize;
             tile(W->dtype, w, ldw, W->cols, xp + (size_t)t * ldxp, ldxp, bias ? bias + r : NULL,
-                 y + (size_t)t * ldy + (size_t)r, ldy, R, T);
+                 y + (size_t)t * ldy + (size_t)r, ldy, R, T, t == 0 && r + R < r1);
         }
     }
 }

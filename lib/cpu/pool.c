@@ -1,8 +1,11 @@
 /* The session thread pool. A decode step runs a few hundred short jobs, so a
  * job must start and finish in about a microsecond: workers and the caller
- * first spin on shared counters for a short while (SPIN_NS) and only then
- * block on a condition variable, so a pool between jobs costs no CPU for long
- * and a busy one never pays for a sleep and a wake-up.
+ * first spin on shared counters for a short while and only then block on a
+ * condition variable, so a pool between jobs costs no CPU for long and a busy
+ * one rarely pays for a sleep and a wake-up. The spin is short (10 us by
+ * default; BM_CPU_SPIN_US sets it): on a machine shared with other work a
+ * thread of ours may be descheduled in the middle of a job, and a long spin
+ * by the other then only takes CPU time from it.
  *
  * Hand-over protocol (all counters are atomics):
  * - the caller fills the job, sets `pending` to the number of workers and
@@ -17,6 +20,7 @@
 #include "pool.h"
 
 #include <pthread.h>
+#include <stdlib.h>
 #include <time.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -28,8 +32,8 @@
 #define CPU_RELAX() ((void)0)
 #endif
 
-/* How long a thread spins before it blocks. */
-#define SPIN_NS 200000
+/* How long a thread spins before it blocks, unless BM_CPU_SPIN_US says. */
+#define DEFAULT_SPIN_NS 10000
 
 struct bmi_pool {
     int n_threads;
@@ -47,6 +51,7 @@ struct bmi_pool {
     int sleepers;        /* atomic: workers blocked on `wake` */
     int caller_waiting;  /* atomic: the caller blocked on `done` */
     int quit;            /* atomic */
+    uint64_t spin_ns;
 };
 
 static uint64_t now_ns(void) {
@@ -55,29 +60,29 @@ static uint64_t now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* Spin until *word != value or SPIN_NS pass; returns 1 if it changed. */
-static int spin_while_u64(const uint64_t *word, uint64_t value) {
+/* Spin until *word != value or spin_ns pass; returns 1 if it changed. */
+static int spin_while_u64(const uint64_t *word, uint64_t value, uint64_t spin_ns) {
     uint64_t start = 0;
     for (unsigned i = 1;; i++) {
         if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != value) return 1;
         CPU_RELAX();
-        if ((i & 255) == 0) {
+        if ((i & 63) == 0) {
             uint64_t t = now_ns();
             if (!start) start = t;
-            else if (t - start > SPIN_NS) return 0;
+            else if (t - start > spin_ns) return 0;
         }
     }
 }
 
-static int spin_while_nonzero(const int *word) {
+static int spin_while_nonzero(const int *word, uint64_t spin_ns) {
     uint64_t start = 0;
     for (unsigned i = 1;; i++) {
         if (__atomic_load_n(word, __ATOMIC_ACQUIRE) == 0) return 1;
         CPU_RELAX();
-        if ((i & 255) == 0) {
+        if ((i & 63) == 0) {
             uint64_t t = now_ns();
             if (!start) start = t;
-            else if (t - start > SPIN_NS) return 0;
+            else if (t - start > spin_ns) return 0;
         }
     }
 }
@@ -94,7 +99,7 @@ static void *worker_main(void *arg) {
     bmi_pool *p = arg;
     uint64_t seen = 0;
     for (;;) {
-        if (!spin_while_u64(&p->generation, seen)) {
+        if (!spin_while_u64(&p->generation, seen, p->spin_ns)) {
             pthread_mutex_lock(&p->lock);
             __atomic_add_fetch(&p->sleepers, 1, __ATOMIC_SEQ_CST);
             while (__atomic_load_n(&p->generation, __ATOMIC_SEQ_CST) == seen) pthread_cond_wait(&p->wake, &p->lock);
@@ -118,6 +123,8 @@ bm_status bmi_pool_new(int n_threads, bmi_pool **out) {
     bmi_pool *p = bmi_calloc(1, sizeof *p);
     if (!p) return bmi_fail(BM_ERR_OUT_OF_MEMORY, "out of memory for the thread pool");
     p->n_threads = n_threads < 1 ? 1 : n_threads;
+    const char *spin = getenv("BM_CPU_SPIN_US");
+    p->spin_ns = spin && *spin ? (uint64_t)strtoull(spin, NULL, 10) * 1000u : DEFAULT_SPIN_NS;
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->wake, NULL);
     pthread_cond_init(&p->done, NULL);
@@ -174,7 +181,7 @@ void bmi_pool_run(bmi_pool *p, int n_tasks, bmi_task_fn fn, void *ctx) {
         pthread_mutex_unlock(&p->lock);
     }
     run_tasks(p, fn, ctx, n_tasks);
-    if (!spin_while_nonzero(&p->pending)) {
+    if (!spin_while_nonzero(&p->pending, p->spin_ns)) {
         pthread_mutex_lock(&p->lock);
         __atomic_store_n(&p->caller_waiting, 1, __ATOMIC_SEQ_CST);
         while (__atomic_load_n(&p->pending, __ATOMIC_SEQ_CST) > 0) pthread_cond_wait(&p->done, &p->lock);
