@@ -8,8 +8,8 @@
  *   x is packed to match (per block of 16: 8 even-indexed values, 8 odd).
  * - f16: vcvtph2ps; f32 as is. x is packed unchanged.
  * AVX2 has no 16-bit masked load, so a row's last partial block is copied
- * into a zeroed buffer first (never reading past the row). Tiles: 8 rows x 1
- * token (decode) or 4 rows x up to 3 tokens. */
+ * into a zeroed buffer first (never reading past the row). Tiles of 4 rows x
+ * up to 3 tokens; decode (one token) reads row by row in address order. */
 #include "kernels_simd.h"
 
 #if BMI_CPU_X86
@@ -104,14 +104,14 @@ static void avx2_pack(bmi_dtype dtype, const float *x, int cols, float *out) {
 
 /* ---- matrix products ----------------------------------------------------------- */
 
-#define PREFETCH_AHEAD 1024
+#define PREFETCH_AHEAD 4096
 
 INLINE __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
     __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
     return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
 }
 
-INLINE void store_tile(__m256 acc[8][3], const int R, const int T, const float *bias, float *y, size_t ldy) {
+INLINE void store_tile(__m256 acc[4][3], const int R, const int T, const float *bias, float *y, size_t ldy) {
     for (int r4 = 0; r4 < R; r4 += 4) {
         int n = R - r4 < 4 ? R - r4 : 4;
 #pragma GCC unroll 3
@@ -135,17 +135,17 @@ INLINE __m256i load_tail16(const uint16_t *p, int count) {
 INLINE void tile_bf16(const uint16_t *w, size_t ldw, int K, const float *x, size_t ldx, const float *bias, float *y,
                       size_t ldy, const int R, const int T, const int prefetch) {
     const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
-    __m256 acc[8][3];
-#pragma GCC unroll 8
+    __m256 acc[4][3];
+#pragma GCC unroll 4
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 3
         for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
     for (int k = 0; k < K; k += 16) {
         int full = K - k >= 16;
-#pragma GCC unroll 8
+#pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const uint16_t *p = w + (size_t)r * ldw + (size_t)k;
-            if (prefetch) _mm_prefetch((const char *)p + PREFETCH_AHEAD, _MM_HINT_T0);
+            if (prefetch) _mm_prefetch((const char *)(p + (size_t)R * ldw), _MM_HINT_T0);
             __m256i v = full ? _mm256_loadu_si256((const __m256i *)p) : load_tail16(p, K - k);
             __m256 we = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
             __m256 wo = _mm256_castsi256_ps(_mm256_and_si256(v, hi));
@@ -177,16 +177,16 @@ INLINE __m256 load8(const void *row, int k, int K, bmi_dtype dt) {
 INLINE void tile_plain(const void *w, size_t ldw, int K, const float *x, size_t ldx, const float *bias, float *y,
                        size_t ldy, const int R, const int T, const int prefetch, const bmi_dtype dt) {
     size_t esize = dt == BMI_F16 ? 2 : 4;
-    __m256 acc[8][3];
-#pragma GCC unroll 8
+    __m256 acc[4][3];
+#pragma GCC unroll 4
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 3
         for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
     for (int k = 0; k < K; k += 8) {
-#pragma GCC unroll 8
+#pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const char *row = (const char *)w + (size_t)r * ldw * esize;
-            if (prefetch) _mm_prefetch(row + (size_t)k * esize + PREFETCH_AHEAD, _MM_HINT_T0);
+            if (prefetch) _mm_prefetch(row + ((size_t)R * ldw + (size_t)k) * esize, _MM_HINT_T0);
             __m256 wv = load8(row, k, K, dt);
 #pragma GCC unroll 3
             for (int t = 0; t < T; t++)
@@ -196,35 +196,84 @@ INLINE void tile_plain(const void *w, size_t ldw, int K, const float *x, size_t 
     store_tile(acc, R, T, bias, y, ldy);
 }
 
+/* One tile of R rows (1..4) x T tokens (1..3); `prefetch` on the first pass
+ * over the rows fetches the next tile's weights as this one reads its own. */
 #define TILE_CASE(R, T)                                                                                        \
     case (R) * 8 + (T):                                                                                        \
-        if (dt == BMI_BF16) tile_bf16(w, ldw, K, x, ldx, bias, y, ldy, R, T, (T) == 1);                         \
-        else if (dt == BMI_F16) tile_plain(w, ldw, K, x, ldx, bias, y, ldy, R, T, (T) == 1, BMI_F16);          \
-        else tile_plain(w, ldw, K, x, ldx, bias, y, ldy, R, T, (T) == 1, BMI_F32);                              \
+        if (dt == BMI_BF16) tile_bf16(w, ldw, K, x, ldx, bias, y, ldy, R, T, prefetch);                         \
+        else if (dt == BMI_F16) tile_plain(w, ldw, K, x, ldx, bias, y, ldy, R, T, prefetch, BMI_F16);          \
+        else tile_plain(w, ldw, K, x, ldx, bias, y, ldy, R, T, prefetch, BMI_F32);                              \
         break;
 
 static void tile(bmi_dtype dt, const void *w, size_t ldw, int K, const float *x, size_t ldx, const float *bias,
-                 float *y, size_t ldy, int R, int T) {
+                 float *y, size_t ldy, int R, int T, int prefetch) {
     switch (R * 8 + T) {
         TILE_CASE(1, 1) TILE_CASE(2, 1) TILE_CASE(3, 1) TILE_CASE(4, 1)
-        TILE_CASE(5, 1) TILE_CASE(6, 1) TILE_CASE(7, 1) TILE_CASE(8, 1)
         TILE_CASE(1, 2) TILE_CASE(2, 2) TILE_CASE(3, 2) TILE_CASE(4, 2)
         TILE_CASE(1, 3) TILE_CASE(2, 3) TILE_CASE(3, 3) TILE_CASE(4, 3)
     default: break;
     }
 }
 
+/* One token (decode): row by row, the weights in address order with
+ * software prefetch, four accumulators per row. */
+static void matvec_bf16(const uint16_t *w, size_t ldw, int r0, int r1, int K, const float *x, const float *bias,
+                        float *y) {
+    const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
+    for (int r = r0; r < r1; r++) {
+        const uint16_t *p = w + (size_t)r * ldw;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        int k = 0;
+        for (; k + 32 <= K; k += 32) {
+            _mm_prefetch((const char *)(p + k) + PREFETCH_AHEAD, _MM_HINT_T0);
+            __m256i v0 = _mm256_loadu_si256((const __m256i *)(p + k)), v1 = _mm256_loadu_si256((const __m256i *)(p + k + 16));
+            a0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v0, 16)), _mm256_load_ps(x + k), a0);
+            a1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v0, hi)), _mm256_load_ps(x + k + 8), a1);
+            a2 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v1, 16)), _mm256_load_ps(x + k + 16), a2);
+            a3 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v1, hi)), _mm256_load_ps(x + k + 24), a3);
+        }
+        for (; k < K; k += 16) {
+            __m256i v = K - k >= 16 ? _mm256_loadu_si256((const __m256i *)(p + k)) : load_tail16(p + k, K - k);
+            a0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), _mm256_load_ps(x + k), a0);
+            a1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v, hi)), _mm256_load_ps(x + k + 8), a1);
+        }
+        y[r] = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))) + (bias ? bias[r] : 0.0f);
+    }
+}
+
+INLINE void matvec_plain(const void *w, size_t ldw, int r0, int r1, int K, const float *x, const float *bias,
+                         float *y, const bmi_dtype dt) {
+    size_t esize = dt == BMI_F16 ? 2 : 4;
+    for (int r = r0; r < r1; r++) {
+        const char *row = (const char *)w + (size_t)r * ldw * esize;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+        int k = 0;
+        for (; k + 16 <= K; k += 16) {
+            _mm_prefetch(row + (size_t)k * esize + PREFETCH_AHEAD, _MM_HINT_T0);
+            a0 = _mm256_fmadd_ps(load8(row, k, K, dt), _mm256_load_ps(x + k), a0);
+            a1 = _mm256_fmadd_ps(load8(row, k + 8, K, dt), _mm256_load_ps(x + k + 8), a1);
+        }
+        for (; k < K; k += 8) a0 = _mm256_fmadd_ps(load8(row, k, K, dt), _mm256_load_ps(x + k), a0);
+        y[r] = hsum8(_mm256_add_ps(a0, a1)) + (bias ? bias[r] : 0.0f);
+    }
+}
+
 static void avx2_matmul_rows(const bmi_matrix *W, const float *bias, int r0, int r1, const float *xp, size_t ldxp,
                              int n_tok, float *y, size_t ldy) {
     size_t esize = bmi_dtype_size(W->dtype), ldw = (size_t)W->cols;
-    int rows_per_tile = n_tok == 1 ? 8 : 4;
+    if (n_tok == 1) {
+        if (W->dtype == BMI_BF16) matvec_bf16(W->data, ldw, r0, r1, W->cols, xp, bias, y);
+        else if (W->dtype == BMI_F16) matvec_plain(W->data, ldw, r0, r1, W->cols, xp, bias, y, BMI_F16);
+        else matvec_plain(W->data, ldw, r0, r1, W->cols, xp, bias, y, BMI_F32);
+        return;
+    }
     for (int t = 0; t < n_tok; t += 3) {
         int T = n_tok - t < 3 ? n_tok - t : 3;
-        for (int r = r0; r < r1; r += rows_per_tile) {
-            int R = r1 - r < rows_per_tile ? r1 - r : rows_per_tile;
+        for (int r = r0; r < r1; r += 4) {
+            int R = r1 - r < 4 ? r1 - r : 4;
             const void *w = (const char *)W->data + (size_t)r * ldw * esize;
             tile(W->dtype, w, ldw, W->cols, xp + (size_t)t * ldxp, ldxp, bias ? bias + r : NULL,
-                 y + (size_t)t * ldy + (size_t)r, ldy, R, T);
+                 y + (size_t)t * ldy + (size_t)r, ldy, R, T, t == 0 && r + R < r1);
         }
     }
 }
