@@ -42,6 +42,8 @@ TESTS := $(TEST_SRC:test/%.c=$(BUILD)/%)
 TEST_SUPPORT := $(sort $(wildcard test/support/*.c))
 # Test scripts run after the C tests; each prints its own "N passed, N failed".
 SCRIPT_TESTS := test/test_cli.sh test/test_reference.py
+# The Python and Go bindings' tests (also alone: make test-python, make test-go).
+SCRIPT_TESTS += test/test_python.sh test/test_go.sh
 
 # ---- optional CUDA backend -------------------------------------------------
 NVCC ?= $(shell command -v nvcc 2>/dev/null)
@@ -139,6 +141,10 @@ fuzz-seeds: all
 SHARED_DIR ?= ../shared
 test: all $(REPLAYS) fuzz-seeds
 	@BM_SHARED=$(SHARED_DIR) BM_BUILD=$(BUILD) sh test/run_tests.sh $(TESTS) $(SCRIPT_TESTS) $(REPLAYS)
+
+.PHONY: test-python test-go
+test-python test-go: lib
+	@BM_SHARED=$(SHARED_DIR) BM_BUILD=$(BUILD) sh test/run_tests.sh test/$(subst -,_,$@).sh
 
 # ---- CUDA: GPU tests, harnesses, memcheck (docs/CUDA.md) ----------------------
 $(BUILD)/dev/%: cuda/dev/%.cu $(wildcard cuda/dev/*.cuh cuda/*.cuh cuda/*.h) $(STATIC)
