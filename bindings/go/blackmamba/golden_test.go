@@ -173,10 +173,15 @@ func TestPrefillBatch(t *testing.T) {
 			if e := relError(out[k], p.decodeLogits[0]); e > tol {
 				t.Errorf("%s p%d rel error %g", name, k, e)
 			}
+			// the state continues like a lone prefill's (to rounding: other kernels may run)
 			ref := must(m.NewState())
 			ok(t, s.PrefillInto(ref, p.ids, nil))
-			if !equalBytes(must(ref.Save()), must(states[k].Save())) {
-				t.Errorf("%s p%d: batched state differs from a lone prefill", name, k)
+			if ref.NTokens() != states[k].NTokens() {
+				t.Errorf("%s p%d: %d tokens, want %d", name, k, states[k].NTokens(), ref.NTokens())
+			}
+			a, b := must(s.Step(states[k], p.decodeTokens[0])), must(s.Step(ref, p.decodeTokens[0]))
+			if e := relError(a, b); e > tol {
+				t.Errorf("%s p%d: batched state continues differently from a lone prefill (rel error %g)", name, k, e)
 			}
 			ref.Close()
 		}

@@ -6,7 +6,7 @@ import shutil
 import tempfile
 import unittest
 
-from support import TOKENIZER_JSON, fixture, golden, has
+from support import TOKENIZER_JSON, TOL, fixture, golden, has, rel_error
 
 import blackmamba as bm
 
@@ -53,7 +53,9 @@ class GenerateTest(unittest.TestCase):
                 self.s.prefill(ref, p.prompt, logits=False)
                 for t in want:
                     self.s.step(ref, t, logits=False)
-                self.assertEqual(st.save(), ref.save(), "the state saw the prompt and every sampled token")
+                # the state saw the prompt and every sampled token (to rounding)
+                self.assertEqual(st.n_tokens, ref.n_tokens)
+                self.assertLessEqual(rel_error(self.s.step(st, 1), self.s.step(ref, 1)), TOL)
                 self.assertEqual(r.text, self.tok.decode(want))
                 self.assertGreaterEqual(r.prompt_seconds, 0)
                 self.assertGreaterEqual(r.generate_seconds, 0)
