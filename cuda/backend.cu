@@ -157,8 +157,8 @@ static void upload_model(uploader *u, const bm_model *m, cuda_model *cm) {
             L->router_w = mat32(u, &lw->router);
             L->router_b = vec(u, lw->router_bias, (size_t)E);
         }
-        L->fused_route = !lc->has_mamba && i > 0 && c->layers[i - 1].has_mamba && !c->layers[i - 1].n_experts &&
-                         E <= BMC_MAX_FUSED_EXPERTS;
+        L->fused_route = cm->fuse_routing && !lc->has_mamba && i > 0 && c->layers[i - 1].has_mamba &&
+                         !c->layers[i - 1].n_experts && E <= BMC_MAX_FUSED_EXPERTS;
         if (L->fused_route && E >= 2) {
             float *dev = (float *)place(u, (size_t)E * d * 4);
             L->route_w_normed = dev;
@@ -266,6 +266,9 @@ static bm_status model_init(bm_model *m, const bm_model_params *p) {
     {
         const char *env = getenv("BM_CUDA_PDL");
         cm->pdl = prop.major >= 9 && !(env && env[0] == '0');
+        /* Measurement switch: BM_CUDA_FUSED_ROUTE=0 routes with its own kernel. */
+        env = getenv("BM_CUDA_FUSED_ROUTE");
+        cm->fuse_routing = !(env && env[0] == '0');
     }
     u.dry = 1;
     upload_model(&u, m, cm);

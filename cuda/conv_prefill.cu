@@ -6,7 +6,7 @@
 #include "kernels.cuh"
 
 #define CONV_THREADS 128
-#define CONV_TOKENS_PER_THREAD 4
+#define CONV_TOKENS_PER_THREAD 16
 
 template <typename A>
 __global__ void __launch_bounds__(CONV_THREADS)
@@ -27,8 +27,15 @@ __global__ void __launch_bounds__(CONV_THREADS)
         }
     }
     const float bias = b[ch];
-    for (int t = t0; t < t1; t++) {
-        const float x = xz[(size_t)t * ldxz + ch];
+    /* all of the run's inputs in flight at once */
+    float xs[CONV_TOKENS_PER_THREAD];
+#pragma unroll
+    for (int j = 0; j < CONV_TOKENS_PER_THREAD; j++) xs[j] = t0 + j < t1 ? xz[(size_t)(t0 + j) * ldxz + ch] : 0.0f;
+#pragma unroll
+    for (int j = 0; j < CONV_TOKENS_PER_THREAD; j++) {
+        const int t = t0 + j;
+        if (t >= t1) break;
+        const float x = xs[j];
         float acc = bias;
 #pragma unroll
         for (int k = 0; k < BMC_MAX_CONV; k++) {

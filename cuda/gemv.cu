@@ -109,7 +109,9 @@ __device__ void store_and_route(const bmc_gemv_args &a, float (*red)[2][MAXB], i
     *a.route_counter = 0u; /* every block has counted: ready for the next launch */
 }
 
-template <typename T, int MAXB>
+/* ROUTE: the STORE_ROUTE epilogue is compiled only into its own
+ * instantiation, so the plain projections keep their register budget. */
+template <typename T, int MAXB, bool ROUTE>
 __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const bmc_gemv_args a, int ksplit, int gated) {
     extern __shared__ float4 gemv_smem[];
     float *xs = reinterpret_cast<float *>(gemv_smem); /* [count, K] inputs */
@@ -257,7 +259,7 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const bmc_gemv_args 
         }
     }
     __syncthreads();
-    if (a.epilogue == BMC_EPI_STORE_ROUTE) {
+    if constexpr (ROUTE) {
         store_and_route<MAXB>(a, red, count, pair, kslice, ksplit, row_a, row_b, valid_a, valid_b);
         return;
     }
@@ -322,7 +324,7 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const bmc_gemv_args 
     }
 }
 
-template <typename T, int MAXB>
+template <typename T, int MAXB, bool ROUTE>
 static cudaError_t launch(const bmc_gemv_args *a, int ksplit, int sm_count, cudaStream_t stream, int pdl) {
     const int gated = a->epilogue == BMC_EPI_GATED;
     const int n_pairs = gated ? a->rows / 2 : (a->rows + 1) / 2;
@@ -341,8 +343,8 @@ static cudaError_t launch(const bmc_gemv_args *a, int ksplit, int sm_count, cuda
     }
     const int ppb = GEMV_WARPS / ksplit;
     const size_t smem = (size_t)(a->nb < MAXB ? a->nb : MAXB) * (size_t)a->K * sizeof(float);
-    if (smem > 48 * 1024) {
-        cudaError_t e = cudaFuncSetAttribute(gemv_kernel<T, MAXB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    if (smem > 32 * 1024) { /* static shared memory counts against the same 48 KB default */
+        cudaError_t e = cudaFuncSetAttribute(gemv_kernel<T, MAXB, ROUTE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              (int)smem);
         if (e != cudaSuccess) return e;
     }
@@ -356,7 +358,7 @@ static cudaError_t launch(const bmc_gemv_args *a, int ksplit, int sm_count, cuda
     cfg.stream = stream;
     cfg.attrs = &attr;
     cfg.numAttrs = pdl ? 1 : 0;
-    return cudaLaunchKernelEx(&cfg, gemv_kernel<T, MAXB>, *a, ksplit, gated);
+    return cudaLaunchKernelEx(&cfg, gemv_kernel<T, MAXB, ROUTE>, *a, ksplit, gated);
 }
 
 int bmc_gemv_max_blocks(int rows) { return (rows + 1) / 2; /* ksplit 8: one row pair per block */ }
@@ -368,9 +370,17 @@ cudaError_t bmc_gemv(const bmc_gemv_args *a, int wtype, int ksplit, int sm_count
     if (a->epilogue == BMC_EPI_STORE_ROUTE &&
         (a->slot_expert || a->n_experts < 1 || a->n_experts > BMC_MAX_FUSED_EXPERTS || a->ldy != a->rows))
         return cudaErrorInvalidValue;
-    if (wtype == BMC_F16)
-        return a->nb == 1 ? launch<__half, 1>(a, ksplit, sm_count, stream, pdl)
-                          : launch<__half, BMC_MAX_STEP_ROWS>(a, ksplit, sm_count, stream, pdl);
-    return a->nb == 1 ? launch<__nv_bfloat16, 1>(a, ksplit, sm_count, stream, pdl)
-                      : launch<__nv_bfloat16, BMC_MAX_STEP_ROWS>(a, ksplit, sm_count, stream, pdl);
+    const bool route = a->epilogue == BMC_EPI_STORE_ROUTE, one = a->nb == 1;
+    if (wtype == BMC_F16) {
+        if (route)
+            return one ? launch<__half, 1, true>(a, ksplit, sm_count, stream, pdl)
+                       : launch<__half, BMC_MAX_STEP_ROWS, true>(a, ksplit, sm_count, stream, pdl);
+        return one ? launch<__half, 1, false>(a, ksplit, sm_count, stream, pdl)
+                   : launch<__half, BMC_MAX_STEP_ROWS, false>(a, ksplit, sm_count, stream, pdl);
+    }
+    if (route)
+        return one ? launch<__nv_bfloat16, 1, true>(a, ksplit, sm_count, stream, pdl)
+                   : launch<__nv_bfloat16, BMC_MAX_STEP_ROWS, true>(a, ksplit, sm_count, stream, pdl);
+    return one ? launch<__nv_bfloat16, 1, false>(a, ksplit, sm_count, stream, pdl)
+               : launch<__nv_bfloat16, BMC_MAX_STEP_ROWS, false>(a, ksplit, sm_count, stream, pdl);
 }

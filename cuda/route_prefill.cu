@@ -10,7 +10,7 @@
  * index on ties, as the CPU), sigmoid of the winner. The router weights are
  * read once per block into shared memory (when they fit) and shared by the
  * block's ROUTE_TOKENS_PER_BLOCK tokens. */
-#define ROUTE_TOKENS_PER_BLOCK 64
+#define ROUTE_TOKENS_PER_BLOCK 16
 #define ROUTE_SMEM_LIMIT (96 * 1024)
 __global__ void __launch_bounds__(ROUTE_THREADS) route_kernel(const float *normed, int T, int d, const float *W,
                                                               const float *bias, int E, int *expert_of, float *gate,

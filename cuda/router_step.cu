@@ -87,7 +87,7 @@ cudaError_t bmc_router_step(const bmc_router_step_args *a, cudaStream_t stream, 
     const size_t w_bytes = (size_t)a->n_experts * (size_t)a->d * sizeof(float);
     const int w_in_smem = a->n_experts >= 2 && a->d % 4 == 0 && x_bytes + w_bytes <= ROUTER_SMEM_LIMIT;
     const size_t smem = x_bytes + (w_in_smem ? w_bytes : 0);
-    if (smem > 48 * 1024) {
+    if (smem > 40 * 1024) { /* the static shared memory counts against the default 48 KB too */
         cudaError_t e = cudaFuncSetAttribute(router_step_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (e != cudaSuccess) return e;
     }

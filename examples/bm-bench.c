@@ -14,7 +14,11 @@
  * LM head, the state read and written) as a share of the memory bandwidth
  * measured here; prefill tokens/s for each prompt length and the FLOPs it
  * must do as a share of the measured bf16 GEMM rate (CUDA) or nothing (CPU:
- * the CPU share is of memory read bandwidth, decode only). The table is last. */
+ * the CPU share is of memory read bandwidth, decode only). The table is last.
+ * On the CPU (--backend cpu) the run is --reps rounds (default 5) of [read
+ * bandwidth, decode at batch 1 (--steps, default 32), prefill of each
+ * --prompt length (default 512), read bandwidth], each decode figure as a
+ * share of the bandwidth measured around it, and a table of medians. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,7 +57,7 @@ static int parse_list(const char *s, int *out) {
 
 static void usage(void) {
     fprintf(stderr, "usage: bm-bench --dims 1.5B|2.8B [--backend cpu|cuda] [--dtype bf16|f16|f32] [--threads N]\n"
-                    "                [--batch LIST] [--prompt LIST] [--steps N]\n"
+                    "                [--batch LIST] [--prompt LIST] [--steps N] [--reps N (CPU rounds, 5)]\n"
                     "       bm-bench MODEL_DIR [same options]\n");
     exit(2);
 }
@@ -142,12 +146,104 @@ static double cpu_read_bandwidth(int threads) {
     return best;
 }
 
+/* ---- CPU rounds ----------------------------------------------------------------- */
+
+/* The CPU figures, on a machine whose bandwidth and free cores change from
+ * one minute to the next: `reps` rounds of [read bandwidth, decode at batch
+ * 1, prefill at each prompt length, read bandwidth], each decode figure set
+ * against the bandwidth measured around it; then the medians. */
+static int median_index(int n) { return n / 2; }
+
+static int cpu_rounds(bm_model *m, const counts *work, int threads, int reps, int steps, const int *prompts,
+                      int n_prompts, int V) {
+    enum { MAX_REPS = 64 };
+    if (reps < 1) reps = 1;
+    if (reps > MAX_REPS) reps = MAX_REPS;
+    bm_session *s = NULL;
+    bm_state *st = NULL;
+    bm_status status;
+    if ((status = bm_session_new(m, NULL, &s)) || (status = bm_state_new(m, &st))) {
+        fprintf(stderr, "bm-bench: %s\n", bm_last_error());
+        return 1;
+    }
+    bm_sampler_params greedy;
+    bm_sampler_params_init(&greedy);
+    greedy.temperature = 0;
+    greedy.repeat_penalty = 1;
+    float *logits = (float *)malloc((size_t)V * sizeof(float));
+    static double bw[MAX_REPS], dec[MAX_REPS], share[MAX_REPS], pre[MAX_LIST][MAX_REPS];
+    printf("\nCPU rounds (%d threads): read bandwidth before/after, decode batch 1, prefill\n", threads);
+    for (int r = 0; r < reps; r++) {
+        double bw0 = cpu_read_bandwidth(threads);
+        /* decode: a short prompt, one warm-up step, then `steps` greedy steps */
+        int32_t prompt8[8] = {1, 2, 3, 4, 5, 6, 7, 8}, tok = 17;
+        uint64_t rng = 1;
+        bm_state_reset(st);
+        bm_prefill(s, st, prompt8, 8, NULL);
+        bm_state *one[1] = {st};
+        bm_step_batch_sample(s, one, &tok, 1, &greedy, &rng, &tok);
+        double t0 = now();
+        for (int i = 0; i < steps; i++)
+            if ((status = bm_step_batch_sample(s, one, &tok, 1, &greedy, &rng, &tok))) {
+                fprintf(stderr, "bm-bench: decode: %s\n", bm_last_error());
+                return 1;
+            }
+        dec[r] = steps / (now() - t0);
+        char pre_text[256] = "";
+        for (int pi = 0; pi < n_prompts; pi++) {
+            const int L = prompts[pi] > 0 ? prompts[pi] : 1;
+            int32_t *prompt = (int32_t *)malloc((size_t)L * sizeof(int32_t));
+            for (int i = 0; i < L; i++) prompt[i] = (int32_t)((i * 7919u + 13u) % (unsigned)V);
+            bm_state_reset(st);
+            t0 = now();
+            if ((status = bm_prefill(s, st, prompt, (size_t)L, logits))) {
+                fprintf(stderr, "bm-bench: prefill: %s\n", bm_last_error());
+                return 1;
+            }
+            pre[pi][r] = L / (now() - t0);
+            size_t used = strlen(pre_text);
+            snprintf(pre_text + used, sizeof pre_text - used, ", prefill %d: %.1f tok/s", L, pre[pi][r]);
+            free(prompt);
+        }
+        double bw1 = cpu_read_bandwidth(threads);
+        bw[r] = 0.5 * (bw0 + bw1);
+        share[r] = 100.0 * work->step_bytes * dec[r] / bw[r];
+        printf("round %d: read %.1f / %.1f GB/s, decode %.2f tok/s (%.0f%% of the read floor %.1f tok/s)%s\n", r + 1,
+               bw0 / 1e9, bw1 / 1e9, dec[r], share[r], bw[r] / work->step_bytes, pre_text);
+        fflush(stdout);
+    }
+    qsort(bw, (size_t)reps, sizeof bw[0], cmp_double);
+    qsort(dec, (size_t)reps, sizeof dec[0], cmp_double);
+    qsort(share, (size_t)reps, sizeof share[0], cmp_double);
+    int mi = median_index(reps);
+    printf("\n| %-34s | %-14s | %-38s |\n", "CPU, medians of rounds", "measured", "floor / share");
+    printf("|%s|%s|%s|\n", "------------------------------------", "----------------",
+           "----------------------------------------");
+    char text[96];
+    snprintf(text, sizeof text, "%.2f GB/step at %.1f GB/s: %.0f%% of BW", work->step_bytes / 1e9, bw[mi] / 1e9,
+             share[mi]);
+    printf("| %-34s | %14.2f | %-38s |\n", "decode batch 1 (tokens/s)", dec[mi], text);
+    for (int pi = 0; pi < n_prompts; pi++) {
+        qsort(pre[pi], (size_t)reps, sizeof pre[pi][0], cmp_double);
+        char label[64];
+        snprintf(label, sizeof label, "prefill %d tokens (tokens/s)", prompts[pi]);
+        snprintf(text, sizeof text, "range %.0f..%.0f over %d rounds", pre[pi][0], pre[pi][reps - 1], reps);
+        printf("| %-34s | %14.1f | %-38s |\n", label, pre[pi][mi], text);
+    }
+    snprintf(text, sizeof text, "range %.1f..%.1f GB/s", bw[0] / 1e9, bw[reps - 1] / 1e9);
+    printf("| %-34s | %14.1f | %-38s |\n", "memory read bandwidth (GB/s)", bw[mi] / 1e9, text);
+    free(logits);
+    bm_state_free(st);
+    bm_session_free(s);
+    return 0;
+}
+
 /* ---- main ------------------------------------------------------------------------ */
 
 int main(int argc, char **argv) {
     const char *dims = NULL, *dir = NULL, *backend_name = "cuda", *dtype = "bf16";
     int threads = 0, batches[MAX_LIST] = {1}, n_batches = 1, prompts[MAX_LIST] = {512, 2048}, n_prompts = 2;
-    int steps = 0;
+    int steps = 0, reps = 5, prompts_given = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -156,7 +252,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--dtype") && v) dtype = v, i++;
         else if (!strcmp(a, "--threads") && v) threads = atoi(v), i++;
         else if (!strcmp(a, "--batch") && v) n_batches = parse_list(v, batches), i++;
-        else if (!strcmp(a, "--prompt") && v) n_prompts = parse_list(v, prompts), i++;
+        else if (!strcmp(a, "--prompt") && v) n_prompts = parse_list(v, prompts), prompts_given = 1, i++;
+        else if (!strcmp(a, "--reps") && v) reps = atoi(v), i++;
         else if (!strcmp(a, "--steps") && v) steps = atoi(v), i++;
         else if (a[0] != '-' && !dir) dir = a;
         else usage();
@@ -170,7 +267,8 @@ int main(int argc, char **argv) {
         return 1;
     }
 #endif
-    if (!steps) steps = cuda ? 200 : 8;
+    if (!steps) steps = cuda ? 200 : 32;
+    if (!cuda && !prompts_given) n_prompts = 1; /* 512 */
     char device[128] = "CPU";
     size_t free_before = 0, free_after = 0, total = 0;
 #ifdef BM_WITH_CUDA
@@ -225,6 +323,14 @@ int main(int argc, char **argv) {
     printf("model: %d layers, d %d, %llu params (%llu active), state %llu bytes, backend %s, device %s\n",
            info.n_layers, info.d_model, (unsigned long long)info.n_params, (unsigned long long)info.n_active_params,
            (unsigned long long)info.state_bytes, cuda ? "cuda" : "cpu", device);
+
+    if (!cuda) { /* the CPU: rounds of bandwidth, decode and prefill, then medians */
+        int rc = cpu_rounds(m, &work, threads ? threads : m->n_threads, reps, steps, prompts, n_prompts,
+                            info.vocab_size);
+        bm_model_free(m);
+        random_weights_free(&w);
+        return rc;
+    }
 
     /* the ceilings, measured now */
     double bandwidth = 0, gemm_rate = 0;

@@ -191,6 +191,27 @@ static void random_tokens(int32_t *t, size_t n, uint32_t seed, size_t V) {
     }
 }
 
+/* A backend's prefill against the same backend fed one token at a time:
+ * tells a prefill problem from a difference between backends. */
+static tally prefill_vs_steps(bm_model *m, bm_session *s, const int32_t *prompt, size_t L) {
+    const size_t V = (size_t)m->config.vocab_size;
+    float *all = (float *)malloc(L * V * sizeof(float)), *row = (float *)malloc(V * sizeof(float));
+    bm_state *a = NULL, *b = NULL;
+    tally t = {0};
+    CHECK_OK(bm_state_new(m, &a));
+    CHECK_OK(bm_state_new(m, &b));
+    CHECK_OK(bm_prefill_all(s, a, prompt, L, all));
+    for (size_t i = 0; i < L; i++) {
+        CHECK_OK(bm_step(s, b, prompt[i], row));
+        compare_rows(&t, row, all + i * V, 1, V);
+    }
+    bm_state_free(a);
+    bm_state_free(b);
+    free(all);
+    free(row);
+    return t;
+}
+
 static void test_prefill_and_decode(pair *p, size_t L, int steps) {
     const size_t V = p->V;
     int32_t *prompt = (int32_t *)malloc(L * sizeof(int32_t));
@@ -209,6 +230,13 @@ static void test_prefill_and_decode(pair *p, size_t L, int steps) {
     char what[96];
     snprintf(what, sizeof what, "prefill %zu tokens, every position", L);
     report(what, &pre);
+    {
+        const size_t Ls = L < 40 ? L : 40;
+        tally sg = prefill_vs_steps(p->gpu, p->sgpu, prompt, Ls), sc = prefill_vs_steps(p->cpu, p->scpu, prompt, Ls);
+        printf("  [diagnostic] prefill vs one-token steps, %zu tokens: GPU worst %.2e (%d rows over, first %d), "
+               "CPU worst %.2e (%d rows over)\n",
+               Ls, sg.worst, sg.over, sg.first_over, sc.worst, sc.over);
+    }
     printf("  (cpu prefill %.2f s, gpu %.3f s)\n", t1 - t0, t2 - t1);
 
     /* Decode from the same state: the CPU's prefill handed to the GPU, so a
@@ -373,6 +401,20 @@ static float get_value(const void *buf, bmi_dtype t, size_t i) {
     return bmi_f16_to_f32(((const uint16_t *)buf)[i]);
 }
 
+/* Scale the blocks' output projections: a random model at the released
+ * depth otherwise amplifies rounding differences a great deal (see
+ * docs/CUDA.md), which is a property of the random weights, not of either
+ * backend; damped, it still exercises every kernel at the released shapes. */
+static void damp_block_outputs(random_weights *w, float factor) {
+    for (size_t i = 0; i < w->spec.count; i++) {
+        const bmi_tensor *t = &w->spec.tensors[i];
+        size_t n = (size_t)bmi_tensor_numel(t), len = strlen(t->name);
+        int hit = (len > 15 && !strcmp(t->name + len - 15, "out_proj.weight")) ||
+                  (len > 17 && !strcmp(t->name + len - 17, "linear_fc2.weight"));
+        for (size_t k = 0; hit && k < n; k++) put_value(w->buffers[i], t->dtype, k, get_value(w->buffers[i], t->dtype, k) * factor);
+    }
+}
+
 static void make_routers_decisive(random_weights *w) {
     for (size_t i = 0; i < w->spec.count; i++) {
         const bmi_tensor *t = &w->spec.tensors[i];
@@ -387,7 +429,8 @@ static void make_routers_decisive(random_weights *w) {
     }
 }
 
-static void test_random_model(const char *label, const bmi_random_config *rc, size_t L, int steps, size_t batch) {
+static void test_random_model(const char *label, const bmi_random_config *rc, size_t L, int steps, size_t batch,
+                              float damping) {
     printf("random model %s\n", label);
     random_weights w;
     double t0 = now_seconds();
@@ -395,6 +438,7 @@ static void test_random_model(const char *label, const bmi_random_config *rc, si
     CHECK_MSG(st == BM_OK, "random weights: %s", bm_last_error());
     if (st) return;
     make_routers_decisive(&w);
+    if (damping != 1.0f) damp_block_outputs(&w, damping);
     pair p;
     memset(&p, 0, sizeof p);
     double t1 = now_seconds();
@@ -493,16 +537,17 @@ int main(void) {
     CHECK_OK(bmi_random_config_preset(&rc, "tiny"));
     CHECK_OK(bmi_random_parse_layers(&rc, "r,r8,1,r1,8,r"));
     rc.add_bias_linear = 1;
-    test_random_model("small, layers r,r8,1,r1,8,r with biases (bf16)", &rc, small ? 70 : 300, small ? 8 : 64, 11);
+    test_random_model("small, layers r,r8,1,r1,8,r with biases (bf16)", &rc, small ? 70 : 300, small ? 8 : 64, 11,
+                      1.0f);
     CHECK_OK(bmi_random_config_preset(&rc, "tiny"));
     rc.dtype = BMI_F16;
     rc.d_model = 128;
-    test_random_model("small f16, d 128", &rc, small ? 40 : 100, small ? 4 : 16, 3);
+    test_random_model("small f16, d 128", &rc, small ? 40 : 100, small ? 4 : 16, 3, 1.0f);
     if (!small) {
         CHECK_OK(bmi_random_config_preset(&rc, "1.5B"));
-        test_random_model("1.5B dims (bf16)", &rc, 64, 64, 11);
+        test_random_model("1.5B dims (bf16), block outputs x0.25", &rc, 64, 64, 11, 0.25f);
         CHECK_OK(bmi_random_config_preset(&rc, "2.8B"));
-        test_random_model("2.8B dims (bf16)", &rc, 64, 64, 5);
+        test_random_model("2.8B dims (bf16), block outputs x0.25", &rc, 64, 64, 5, 0.25f);
         show_raw_router_prefill("2.8B dims", &rc, 64);
     }
     return check_summary("test_cuda_backend");

@@ -49,8 +49,10 @@ if has bench; then
         echo "bench $dims rc $?" >> "$summary"
         grep -E "^\|" "$OUT/bench-$dims.log" >> "$summary"
     done
-    BM_CUDA_PDL=0 timeout 120 "$B/bm-bench" --dims 2.8B --batch 1 --prompt 512 > "$OUT/bench-nopdl.log" 2>&1
-    echo "2.8B without PDL: $(grep 'decode batch   1' "$OUT/bench-nopdl.log")" >> "$summary"
+    for v in BM_CUDA_PDL BM_CUDA_FUSED_ROUTE; do
+        env $v=0 timeout 120 "$B/bm-bench" --dims 2.8B --batch 1 --prompt 16 > "$OUT/bench-ab.log" 2>&1
+        echo "2.8B with $v=0: $(grep 'decode batch   1' "$OUT/bench-ab.log" | tr '\n' ' ')" >> "$summary"
+    done
 fi
 if has memcheck; then
     BM_CUDA_TEST_SMALL=1 timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 "$B/test_cuda_backend" \
