@@ -243,7 +243,7 @@ static int cpu_rounds(bm_model *m, const counts *work, int threads, int reps, in
 int main(int argc, char **argv) {
     const char *dims = NULL, *dir = NULL, *backend_name = "cuda", *dtype = "bf16";
     int threads = 0, batches[MAX_LIST] = {1}, n_batches = 1, prompts[MAX_LIST] = {512, 2048}, n_prompts = 2;
-    int steps = 0, reps = 5, prompts_given = 0;
+    int steps = 0, cpu_reps = 5, prompts_given = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -253,7 +253,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--threads") && v) threads = atoi(v), i++;
         else if (!strcmp(a, "--batch") && v) n_batches = parse_list(v, batches), i++;
         else if (!strcmp(a, "--prompt") && v) n_prompts = parse_list(v, prompts), prompts_given = 1, i++;
-        else if (!strcmp(a, "--reps") && v) reps = atoi(v), i++;
+        else if (!strcmp(a, "--reps") && v) cpu_reps = atoi(v), i++;
         else if (!strcmp(a, "--steps") && v) steps = atoi(v), i++;
         else if (a[0] != '-' && !dir) dir = a;
         else usage();
@@ -325,7 +325,7 @@ int main(int argc, char **argv) {
            (unsigned long long)info.state_bytes, cuda ? "cuda" : "cpu", device);
 
     if (!cuda) { /* the CPU: rounds of bandwidth, decode and prefill, then medians */
-        int rc = cpu_rounds(m, &work, threads ? threads : m->n_threads, reps, steps, prompts, n_prompts,
+        int rc = cpu_rounds(m, &work, threads ? threads : m->n_threads, cpu_reps, steps, prompts, n_prompts,
                             info.vocab_size);
         bm_model_free(m);
         random_weights_free(&w);
