@@ -326,6 +326,45 @@ static void check_scans(void) {
     }
 }
 
+/* ---- the pool under many tiny jobs -------------------------------------------------------- */
+
+/* Decode runs hundreds of jobs of a few short tasks; workers join late or
+ * not at all (the caller closes a job once it is out of tasks). Every task
+ * must still run exactly once, and a job's results be complete on return. */
+typedef struct tiny_job {
+    int hits[16];
+    int sum;
+} tiny_job;
+
+static void tiny_task(void *arg, int i) {
+    tiny_job *j = arg;
+    __atomic_add_fetch(&j->hits[i], 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&j->sum, i + 1, __ATOMIC_RELAXED);
+}
+
+static void check_pool_tiny_jobs(void) {
+    for (int threads = 2; threads <= 4; threads += 2) {
+        bmi_pool *p = NULL;
+        CHECK_OK(bmi_pool_new(threads, &p));
+        if (!p) continue;
+        int ok = 1;
+        for (int round = 0; round < 20000; round++) {
+            tiny_job j;
+            memset(&j, 0, sizeof j);
+            int n = 2 + round % 15;
+            bmi_pool_run(p, n, tiny_task, &j);
+            for (int i = 0; i < n; i++) ok &= j.hits[i] == 1;
+            ok &= j.sum == n * (n + 1) / 2;
+            if (round % 1000 == 999) { /* let the workers fall asleep now and then */
+                struct timespec ts = {0, 200000};
+                nanosleep(&ts, NULL);
+            }
+        }
+        CHECK_MSG(ok, "pool of %d threads: a tiny job's task ran other than once", threads);
+        bmi_pool_free(p);
+    }
+}
+
 /* ---- whole models --------------------------------------------------------------------- */
 
 static bm_session *session_on(bm_model *m, const char *path_name, int threads) {
@@ -573,6 +612,7 @@ int main(void) {
     check_matmuls(pools);
     check_elementwise();
     check_scans();
+    check_pool_tiny_jobs();
     bmi_pool_free(pools[0]);
     bmi_pool_free(pools[1]);
     check_golden_on_paths();

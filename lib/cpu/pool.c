@@ -4,19 +4,31 @@
  * condition variable, so a pool between jobs costs no CPU for long and a busy
  * one rarely pays for a sleep and a wake-up. The spin is short (10 us by
  * default; BM_CPU_SPIN_US sets it): on a machine shared with other work a
- * thread of ours may be descheduled in the middle of a job, and a long spin
- * by the other then only takes CPU time from it.
+ * thread of ours may be descheduled at any time, and a long spin by the other
+ * then only takes CPU time from it.
  *
- * Hand-over protocol (all counters are atomics):
- * - the caller fills the job, sets `pending` to the number of workers and
- *   bumps `generation`; a worker seeing a new generation claims task indices
- *   from `next_task` until they run out, then decrements `pending`;
- * - a worker about to block increments `sleepers` and re-checks the
+ * For the same reason the caller never waits for a worker that has not
+ * started on the job: workers join a job through a gate, and once the caller
+ * has run out of tasks it closes the gate and waits only for the workers
+ * that joined (a descheduled worker that wakes up later finds the gate
+ * closed and goes back to waiting). So a pool with no free core for its
+ * workers runs about as fast as one thread.
+ *
+ * Hand-over protocol (all shared words are atomics):
+ * - the caller fills the job (fn, ctx, n_tasks, next_task = 0, finished = 0),
+ *   opens the gate: gate = (generation << 32), and publishes the generation;
+ * - a worker seeing a new generation joins by incrementing the gate's count,
+ *   with a compare-and-swap that fails if the gate is closed or belongs to
+ *   another generation; a joined worker claims task indices from next_task
+ *   until they run out, then increments `finished`;
+ * - the caller, out of tasks, sets the gate's CLOSED bit (fetch-or, which
+ *   also tells it how many joined) and waits until `finished` equals that.
+ * - Blocking: a worker about to block increments `sleepers` and re-checks the
  *   generation under the lock; the caller wakes (broadcast under the lock)
  *   only when it sees sleepers after publishing. Both sides use sequentially
  *   consistent operations, so either the worker sees the new generation or
- *   the caller sees the sleeper;
- * - the same for the caller waiting on `pending` with `caller_waiting`. */
+ *   the caller sees the sleeper. The same for the caller waiting on
+ *   `finished` with `caller_waiting`. */
 #include "pool.h"
 
 #include <pthread.h>
@@ -35,6 +47,10 @@
 /* How long a thread spins before it blocks, unless BM_CPU_SPIN_US says. */
 #define DEFAULT_SPIN_NS 10000
 
+/* The gate word: generation (low 32 bits of it) << 32 | CLOSED | joined count. */
+#define GATE_CLOSED 0x80000000u
+#define GATE_COUNT 0x7fffffffu
+
 struct bmi_pool {
     int n_threads;
     pthread_t *workers;
@@ -46,7 +62,8 @@ struct bmi_pool {
     void *ctx;
     int n_tasks;
     int next_task;       /* atomic: next task index to claim */
-    int pending;         /* atomic: workers not yet finished with the job */
+    uint64_t gate;       /* atomic: see GATE_* */
+    uint32_t finished;   /* atomic: joined workers done with the job */
     uint64_t generation; /* atomic: bumped to publish a job (or quit) */
     int sleepers;        /* atomic: workers blocked on `wake` */
     int caller_waiting;  /* atomic: the caller blocked on `done` */
@@ -74,10 +91,11 @@ static int spin_while_u64(const uint64_t *word, uint64_t value, uint64_t spin_ns
     }
 }
 
-static int spin_while_nonzero(const int *word, uint64_t spin_ns) {
+/* Spin until *word == value or spin_ns pass; returns 1 if it got there. */
+static int spin_until_u32(const uint32_t *word, uint32_t value, uint64_t spin_ns) {
     uint64_t start = 0;
     for (unsigned i = 1;; i++) {
-        if (__atomic_load_n(word, __ATOMIC_ACQUIRE) == 0) return 1;
+        if (__atomic_load_n(word, __ATOMIC_ACQUIRE) == value) return 1;
         CPU_RELAX();
         if ((i & 63) == 0) {
             uint64_t t = now_ns();
@@ -95,6 +113,15 @@ static void run_tasks(bmi_pool *p, bmi_task_fn fn, void *ctx, int n_tasks) {
     }
 }
 
+/* Join the job of generation `gen` if its gate is still open. */
+static int join(bmi_pool *p, uint64_t gen) {
+    uint64_t w = __atomic_load_n(&p->gate, __ATOMIC_ACQUIRE);
+    for (;;) {
+        if ((w >> 32) != (gen & 0xffffffffu) || (w & GATE_CLOSED)) return 0;
+        if (__atomic_compare_exchange_n(&p->gate, &w, w + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) return 1;
+    }
+}
+
 static void *worker_main(void *arg) {
     bmi_pool *p = arg;
     uint64_t seen = 0;
@@ -108,9 +135,10 @@ static void *worker_main(void *arg) {
         }
         seen = __atomic_load_n(&p->generation, __ATOMIC_ACQUIRE);
         if (__atomic_load_n(&p->quit, __ATOMIC_ACQUIRE)) break;
+        if (!join(p, seen)) continue; /* too late for that job: wait for the next */
         run_tasks(p, p->fn, p->ctx, p->n_tasks);
-        if (__atomic_sub_fetch(&p->pending, 1, __ATOMIC_SEQ_CST) == 0 &&
-            __atomic_load_n(&p->caller_waiting, __ATOMIC_SEQ_CST)) {
+        __atomic_add_fetch(&p->finished, 1, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&p->caller_waiting, __ATOMIC_SEQ_CST)) {
             pthread_mutex_lock(&p->lock);
             pthread_cond_signal(&p->done);
             pthread_mutex_unlock(&p->lock);
@@ -125,6 +153,7 @@ bm_status bmi_pool_new(int n_threads, bmi_pool **out) {
     p->n_threads = n_threads < 1 ? 1 : n_threads;
     const char *spin = getenv("BM_CPU_SPIN_US");
     p->spin_ns = spin && *spin ? (uint64_t)strtoull(spin, NULL, 10) * 1000u : DEFAULT_SPIN_NS;
+    p->gate = GATE_CLOSED; /* generation 0: no job */
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->wake, NULL);
     pthread_cond_init(&p->done, NULL);
@@ -173,18 +202,21 @@ void bmi_pool_run(bmi_pool *p, int n_tasks, bmi_task_fn fn, void *ctx) {
     p->ctx = ctx;
     p->n_tasks = n_tasks;
     __atomic_store_n(&p->next_task, 0, __ATOMIC_RELAXED);
-    __atomic_store_n(&p->pending, p->n_workers, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&p->generation, 1, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&p->finished, 0, __ATOMIC_RELAXED);
+    uint64_t gen = __atomic_load_n(&p->generation, __ATOMIC_RELAXED) + 1;
+    __atomic_store_n(&p->gate, (gen & 0xffffffffu) << 32, __ATOMIC_RELEASE);
+    __atomic_store_n(&p->generation, gen, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&p->sleepers, __ATOMIC_SEQ_CST) > 0) {
         pthread_mutex_lock(&p->lock);
         pthread_cond_broadcast(&p->wake);
         pthread_mutex_unlock(&p->lock);
     }
     run_tasks(p, fn, ctx, n_tasks);
-    if (!spin_while_nonzero(&p->pending, p->spin_ns)) {
+    uint32_t joined = (uint32_t)(__atomic_fetch_or(&p->gate, GATE_CLOSED, __ATOMIC_ACQ_REL) & GATE_COUNT);
+    if (!spin_until_u32(&p->finished, joined, p->spin_ns)) {
         pthread_mutex_lock(&p->lock);
         __atomic_store_n(&p->caller_waiting, 1, __ATOMIC_SEQ_CST);
-        while (__atomic_load_n(&p->pending, __ATOMIC_SEQ_CST) > 0) pthread_cond_wait(&p->done, &p->lock);
+        while (__atomic_load_n(&p->finished, __ATOMIC_SEQ_CST) != joined) pthread_cond_wait(&p->done, &p->lock);
         __atomic_store_n(&p->caller_waiting, 0, __ATOMIC_SEQ_CST);
         pthread_mutex_unlock(&p->lock);
     }
