@@ -6,6 +6,7 @@ import enum
 import os
 import queue
 import threading
+import weakref
 from ctypes import byref, c_char_p, c_size_t, c_uint64, c_void_p
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Union
@@ -135,8 +136,10 @@ class Model(Handle):
         except BaseException:
             self.close()
             raise
-        self._tokenizer: Optional[Tokenizer] = None
-        self._tokenizer_looked = False
+        # The tokenizer wrapper holds the model; the model only a weak
+        # reference back, so that no reference cycle delays freeing.
+        self._tokenizer_ref: Optional["weakref.ref[Tokenizer]"] = None
+        self._has_tokenizer: Optional[bool] = None
 
     def _read_info(self) -> ModelInfo:
         c = _native.ModelInfoC()
@@ -160,13 +163,19 @@ class Model(Handle):
         """The tokenizer found beside the weights (tokenizer.json), or None.
         It belongs to the model. None also when the library has no
         bm_model_tokenizer."""
-        if not self._tokenizer_looked:
-            h = self._h()
+        h = self._h()
+        if self._has_tokenizer is False:
+            return None
+        tok = self._tokenizer_ref() if self._tokenizer_ref is not None else None
+        if tok is None:
             fn = getattr(_native.lib(), "bm_model_tokenizer", None)
             t = fn(h) if fn is not None else None
-            self._tokenizer = Tokenizer._borrowed(self, t) if t else None
-            self._tokenizer_looked = True
-        return self._tokenizer
+            self._has_tokenizer = bool(t)
+            if not t:
+                return None
+            tok = Tokenizer._borrowed(self, t)
+            self._tokenizer_ref = weakref.ref(tok)
+        return tok
 
     def new_state(self) -> "State":
         """A zero state (no tokens seen) for one stream of this model."""
@@ -257,6 +266,20 @@ class State(Handle):
         return f"<blackmamba.State n_tokens={self.n_tokens}>"
 
 
+class _CancelBox:
+    def __init__(self, fn: Optional[Callable[[], Any]]) -> None:
+        self.fn = fn
+        self.exc: Optional[BaseException] = None
+
+    def poll(self, _data: Any) -> int:
+        # Called from C: must never raise.
+        try:
+            return 1 if self.fn() else 0  # type: ignore[misc]
+        except BaseException as e:  # noqa: BLE001 - re-raised by Session._run
+            self.exc = e
+            return 1
+
+
 class Session(Handle):
     """An execution context for one model: scratch buffers, worker threads,
     device stream. One thread at a time; make one per thread. Keeps its
@@ -273,13 +296,14 @@ class Session(Handle):
         h = model._h()
         p = _native.init_struct(_native.SessionParams, L.bm_session_params_init)
         p.n_threads = 0 if threads is None else _buffers.one_id(threads, "threads")
-        self._cancel_user = cancel
-        self._cancel_exc: Optional[BaseException] = None
+        # The C callback refers to this box, not to the session, so that no
+        # reference cycle delays freeing the session.
+        self._cancel = _CancelBox(cancel)
         self._cancel_cb = None
         if cancel is not None:
             if not callable(cancel):
                 raise InvalidArgumentError("cancel must be callable")
-            self._cancel_cb = _native.CANCEL_FN(self._poll_cancel)
+            self._cancel_cb = _native.CANCEL_FN(self._cancel.poll)
             p.cancel = self._cancel_cb
         model._pin()
         try:
@@ -292,16 +316,8 @@ class Session(Handle):
         self.model = model
         self._V = model.info.vocab_size
 
-    def _poll_cancel(self, _data: Any) -> int:
-        # Called from C: must never raise.
-        try:
-            return 1 if self._cancel_user() else 0  # type: ignore[misc]
-        except BaseException as e:  # noqa: BLE001 - re-raised by _run
-            self._cancel_exc = e
-            return 1
-
     def _run(self, status: int, function: str) -> None:
-        exc, self._cancel_exc = self._cancel_exc, None
+        exc, self._cancel.exc = self._cancel.exc, None
         if exc is not None and status != 0:
             raise exc
         check(status, function)
@@ -502,7 +518,7 @@ class Session(Handle):
             st = need("bm_generate_ids")(sh, sth, th, pi, n, byref(p), byref(rng), byref(res))
             fname = "bm_generate_ids"
         if failure:
-            self._cancel_exc = None
+            self._cancel.exc = None
             raise failure[0]
         self._run(st, fname)
         return GenerateResult(stop=StopReason(res.stop), n_prompt_tokens=res.n_prompt_tokens,

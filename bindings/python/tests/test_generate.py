@@ -1,8 +1,10 @@
 """Session.generate / generate_text against the golden greedy tokens, and
 the streaming, stopping and error behaviour of the Python generator.
 Skipped, with a message, when the library does not export bm_generate yet."""
+import gc
 import os
 import shutil
+import weakref
 import tempfile
 import unittest
 
@@ -196,8 +198,19 @@ class GenerateTest(unittest.TestCase):
             r = s.generate_text(st, "a", max_tokens=6, seed=1)  # uses the model's tokenizer
             r2 = self.s.generate_text(self.m.new_state(), "a", max_tokens=6, seed=1, tokenizer=self.tok)
             self.assertEqual(key(r), key(r2))
+            self.assertIs(m.tokenizer.__class__, bm.Tokenizer)
             t.close()  # does nothing: it belongs to the model
             self.assertEqual(t.encode("a"), [66])
+            # the tokenizer keeps its model object alive, with no reference cycle
+            ref = weakref.ref(m)
+            gc.disable()
+            try:
+                del m
+                self.assertIsNotNone(ref())
+                self.assertEqual(t.encode("a"), [66])
+                m = ref()
+            finally:
+                gc.enable()
             st.close()
             s.close()
             m.close()

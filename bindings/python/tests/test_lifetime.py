@@ -45,6 +45,21 @@ class LifetimeTest(unittest.TestCase):
         gc.collect()
         self.assertIsNone(ref())
 
+    def test_no_reference_cycles(self):
+        # dropping the last reference frees at once, without the cycle collector
+        gc.disable()
+        try:
+            m = bm.Model(fixture("tiny-f32"), backend="cpu")
+            s = m.new_session(cancel=lambda: False)
+            st = m.new_state()
+            s.step(st, 1)
+            m.tokenizer  # (None here; a tokenizer beside the weights is covered in test_generate)
+            ref = weakref.ref(m)
+            del m, s, st
+            self.assertIsNone(ref())
+        finally:
+            gc.enable()
+
     def test_garbage_in_any_order(self):
         for _ in range(3):
             m = bm.Model(fixture("tiny-bf16"), backend="cpu")
