@@ -47,7 +47,7 @@ class Handle:
         self._parent = parent
         self._pins = 0
         self._closing = False
-        self._busy: Any = None  # the generation using it, if any
+        self._busy: Any = None  # the call or generation using it, if any (see Claim)
         self._lock = threading.Lock()
 
     # -- lifetime ---------------------------------------------------------
@@ -97,6 +97,25 @@ class Handle:
             raise InvalidArgumentError(f"this {self._kind} is in use by a running generation")
         return h
 
+    def _claim(self, owner: Any) -> int:
+        """Mark the object in use by ``owner`` (one call at a time) and return
+        its pointer; InvalidArgumentError if closed or already in use."""
+        with self._lock:
+            h = self._handle
+            if h is None or self._closing:
+                raise InvalidArgumentError(f"this {self._kind} is closed")
+            if self._busy is not None:
+                raise InvalidArgumentError(
+                    f"this {self._kind} is in use by another call (the same one twice, another thread, "
+                    f"a callback or a running generation)")
+            self._busy = owner
+            return h
+
+    def _unclaim(self, owner: Any) -> None:
+        with self._lock:
+            if self._busy is owner:
+                self._busy = None
+
     def __enter__(self):
         return self
 
@@ -108,3 +127,31 @@ class Handle:
             self.close()
         except Exception:  # never raise from a finalizer (e.g. at interpreter exit)
             pass
+
+
+class Claim:
+    """``with Claim(a, b) as (ha, hb):`` the objects' pointers, each marked in
+    use for the duration (so callbacks and other threads cannot reenter)."""
+
+    __slots__ = ("objs", "owner", "n")
+
+    def __init__(self, *objs: Handle) -> None:
+        self.objs = objs
+        self.owner = object()
+        self.n = 0
+
+    def __enter__(self) -> list:
+        out = []
+        try:
+            for o in self.objs:
+                out.append(o._claim(self.owner))
+                self.n += 1
+        except BaseException:
+            self.__exit__()
+            raise
+        return out
+
+    def __exit__(self, *exc: Any) -> None:
+        for o in self.objs[:self.n]:
+            o._unclaim(self.owner)
+        self.n = 0

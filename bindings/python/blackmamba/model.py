@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Union
 
 from . import _buffers, _native
-from ._handle import Handle, check, need
+from ._handle import Claim, Handle, check, need
 from .errors import InvalidArgumentError
 from .sampling import _U64, random_seed, sampler_params
 from .tokenizer import Tokenizer
@@ -328,21 +328,24 @@ class Session(Handle):
         last one (None with logits=False). On error the state is unchanged."""
         keep, p, n = _buffers.ids_in(ids)
         out, po = _buffers.new_floats(self._V) if logits else (None, None)
-        self._run(_native.lib().bm_prefill(self._h(), state._h(), p, n, po), "bm_prefill")
+        with Claim(self, state) as (sh, sth):
+            self._run(_native.lib().bm_prefill(sh, sth, p, n, po), "bm_prefill")
         return out
 
     def prefill_all(self, state: State, ids: Iterable[int]) -> Any:
         """As prefill, but the logits after every position: row i after ids[0..i]."""
         keep, p, n = _buffers.ids_in(ids)
         out, po = _buffers.new_floats(n * self._V)
-        self._run(_native.lib().bm_prefill_all(self._h(), state._h(), p, n, po), "bm_prefill_all")
+        with Claim(self, state) as (sh, sth):
+            self._run(_native.lib().bm_prefill_all(sh, sth, p, n, po), "bm_prefill_all")
         return _buffers.rows(out, n, self._V)
 
     def step(self, state: State, token: int, *, logits: bool = True) -> Any:
         """Feed one token; return the next logits (None with logits=False)."""
         t = _buffers.one_id(token)
         out, po = _buffers.new_floats(self._V) if logits else (None, None)
-        self._run(_native.lib().bm_step(self._h(), state._h(), t, po), "bm_step")
+        with Claim(self, state) as (sh, sth):
+            self._run(_native.lib().bm_step(sh, sth, t, po), "bm_step")
         return out
 
     def step_batch(self, states: Sequence[State], tokens: Iterable[int], *, logits: bool = True) -> Any:
@@ -354,9 +357,10 @@ class Session(Handle):
         keep, p, n = _buffers.ids_in(tokens)
         if n != len(states):
             raise InvalidArgumentError(f"{len(states)} states but {n} tokens")
-        handles = (c_void_p * max(n, 1))(*[s._h() for s in states])
         out, po = _buffers.new_floats(n * self._V) if logits else (None, None)
-        self._run(_native.lib().bm_step_batch(self._h(), handles, p, n, po), "bm_step_batch")
+        with Claim(self, *states) as hs:
+            handles = (c_void_p * max(n, 1))(*hs[1:])
+            self._run(_native.lib().bm_step_batch(hs[0], handles, p, n, po), "bm_step_batch")
         return _buffers.rows(out, n, self._V) if logits else None
 
     def prefill_batch(self, states: Sequence[State], prompts: Sequence[Iterable[int]], *,
@@ -375,9 +379,10 @@ class Session(Handle):
         bufs = [_buffers.ids_in(p, "prompt") for p in prompts]
         ptrs = (ctypes.POINTER(ctypes.c_int32) * max(n, 1))(*[b[1] for b in bufs])
         counts = (c_size_t * max(n, 1))(*[b[2] for b in bufs])
-        handles = (c_void_p * max(n, 1))(*[s._h() for s in states])
         out, po = _buffers.new_floats(n * self._V) if logits else (None, None)
-        self._run(fn(self._h(), handles, ptrs, counts, n, po), "bm_prefill_batch")
+        with Claim(self, *states) as hs:
+            handles = (c_void_p * max(n, 1))(*hs[1:])
+            self._run(fn(hs[0], handles, ptrs, counts, n, po), "bm_prefill_batch")
         return _buffers.rows(out, n, self._V) if logits else None
 
     def step_batch_sample(self, states: Sequence[State], tokens: Iterable[int], rng_states: Iterable[int], *,
@@ -398,10 +403,11 @@ class Session(Handle):
         if n != len(states) or len(rngs) != n:
             raise InvalidArgumentError(f"{len(states)} states, {n} tokens and {len(rngs)} rng states")
         sp = sampler_params(temperature, top_k, top_p, min_p, 1.0, n_vocab_valid)
-        handles = (c_void_p * max(n, 1))(*[s._h() for s in states])
         rng_arr = (c_uint64 * max(n, 1))(*rngs)
         out = (ctypes.c_int32 * max(n, 1))()
-        self._run(fn(self._h(), handles, p, n, byref(sp), rng_arr, out), "bm_step_batch_sample")
+        with Claim(self, *states) as hs:
+            handles = (c_void_p * max(n, 1))(*hs[1:])
+            self._run(fn(hs[0], handles, p, n, byref(sp), rng_arr, out), "bm_step_batch_sample")
         return list(out[:n]), list(rng_arr[:n])
 
     # -- generation ---------------------------------------------------------
@@ -508,15 +514,24 @@ class Session(Handle):
         rng = c_uint64((random_seed() if seed is None else int(seed)) & _U64)
         res = _native.GenerateResultC()
         res.size = ctypes.sizeof(res)
-        sh, sth, th = self._h(owner), state._h(owner), tok._t()
+        th = tok._t()
         if isinstance(prompt, (str, bytes)):
-            b = prompt.encode("utf-8") if isinstance(prompt, str) else prompt
-            st = need("bm_generate")(sh, sth, th, b, len(b), byref(p), byref(rng), byref(res))
             fname = "bm_generate"
+            b = prompt.encode("utf-8") if isinstance(prompt, str) else prompt
+            args: tuple = (b, len(b))
         else:
-            keep, pi, n = _buffers.ids_in(prompt, "prompt")
-            st = need("bm_generate_ids")(sh, sth, th, pi, n, byref(p), byref(rng), byref(res))
             fname = "bm_generate_ids"
+            keep, pi, n = _buffers.ids_in(prompt, "prompt")
+            args = (pi, n)
+        fn = need(fname)
+        # A running Generation (owner) has already claimed session and state.
+        claim = Claim(self, state) if owner is None else None
+        sh, sth = claim.__enter__() if claim is not None else (self._h(owner), state._h(owner))
+        try:
+            st = fn(sh, sth, th, *args, byref(p), byref(rng), byref(res))
+        finally:
+            if claim is not None:
+                claim.__exit__()
         if failure:
             self._cancel.exc = None
             raise failure[0]
@@ -563,7 +578,8 @@ def _worker(ch: _Channel, session: Session, state: State, prompt: Any, tok: Toke
     except BaseException as e:  # noqa: BLE001 - handed to the consumer
         error = e
     finally:
-        session._busy = state._busy = None
+        session._unclaim(ch)
+        state._unclaim(ch)
         for obj in (state, session, tok._owner):
             obj._unpin()
         ch.pieces.put(("done", result, error))
@@ -598,16 +614,18 @@ class Generation(Iterator[str]):
         session, state, prompt, tok, kw = self._args
         ch = _Channel()
         pinned: List[Handle] = []
+        claim = Claim(session, state)
+        claim.owner = ch
         try:
             for obj in (session, state, tok._owner):
                 obj._pin()
                 pinned.append(obj)
-            session._h(), state._h(), tok._t()  # not closed, not busy
+            tok._t()
+            claim.__enter__()  # in use by this generation until the worker ends
         except BaseException:
             for obj in pinned:
                 obj._unpin()
             raise
-        session._busy = state._busy = ch
         self._ch = ch
         self._thread = threading.Thread(target=_worker, args=(ch, session, state, prompt, tok, kw),
                                         name="blackmamba-generate", daemon=True)

@@ -176,6 +176,22 @@ class ErrorsTest(unittest.TestCase):
         with self.assertRaises(bm.InvalidArgumentError):
             self.m.new_session(cancel=42)
 
+    def test_cancel_callback_cannot_reenter(self):
+        seen = []
+        st = self.m.new_state()
+
+        def cancel():
+            try:
+                s.step(st, 2)
+            except bm.InvalidArgumentError as e:
+                seen.append(e)
+            return False
+
+        with self.m.new_session(cancel=cancel) as s:
+            s.step(st, 1)
+        self.assertTrue(seen)
+        self.assertEqual(st.n_tokens, 1)
+
     def test_closed_objects(self):
         st = self.m.new_state()
         st.close()

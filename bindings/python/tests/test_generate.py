@@ -132,6 +132,22 @@ class GenerateTest(unittest.TestCase):
         self.assertEqual(len(seen), 2)
         self.assertEqual(r.text, "".join(t for t, _ in seen))
 
+        # the callback cannot reenter the session or touch the state
+        st = self.m.new_state()
+        errors = []
+
+        def reenter(text, token):
+            for call in (lambda: self.s.step(st, 1), lambda: st.save(), lambda: self.s.step(self.m.new_state(), 1)):
+                try:
+                    call()
+                except bm.InvalidArgumentError as e:
+                    errors.append(e)
+            return True
+
+        self.s.generate_text(st, [5, 6, 7], on_piece=reenter, max_tokens=5, tokenizer=self.tok)
+        self.assertEqual(len(errors), 3)
+        self.assertIn("in use", str(errors[0]))
+
         class Boom(Exception):
             pass
 
