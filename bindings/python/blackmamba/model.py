@@ -221,8 +221,9 @@ class State(Handle):
 
     @property
     def n_tokens(self) -> int:
-        """Tokens consumed since the state was new or reset."""
-        return int(_native.lib().bm_state_n_tokens(self._h()))
+        """Tokens consumed since the state was new or reset. Readable also
+        while the state is in use (e.g. from a generation's callback)."""
+        return int(_native.lib().bm_state_n_tokens(self._h(self._busy)))
 
     def reset(self) -> None:
         """Return to zero tokens seen."""
