@@ -38,7 +38,7 @@ cd bindings/go || exit 1
 out=$(go vet ./... 2>&1 && go test -count=1 -timeout 300s -v ./... 2>&1); rc=$?
 passed=$(printf '%s\n' "$out" | grep -c '^--- PASS')
 failed=$(printf '%s\n' "$out" | grep -c '^--- FAIL')
-printf '%s\n' "$out" | grep '^--- SKIP' -A1 | grep -v '^--$' | sed "s/^/$name: /"
+printf '%s\n' "$out" | grep -B1 '^--- SKIP' | grep -v '^--' | sed -E "s/^ */$name: /"
 if [ $rc -ne 0 ]; then
     printf '%s\n' "$out" | grep -v '^=== \|^--- PASS' | tail -n 80
     [ "$failed" -eq 0 ] && failed=1
