@@ -7,7 +7,7 @@
 #include "pool.h"
 
 /* Rows of one stream per forward call: a longer prompt runs in chunks. */
-#define BMI_CPU_MAX_SEQ_ROWS 512
+#define BMI_CPU_MAX_SEQ_ROWS 256
 /* Rows (tokens of all streams) per forward call. */
 #define BMI_CPU_MAX_ROWS 256
 
