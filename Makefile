@@ -98,7 +98,10 @@ $(STATIC): $(LIB_OBJ) $(CUDA_OBJ)
 	rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/blackmamba.pc: pkgconfig/blackmamba.pc.in Makefile
+# Regenerated on every build: PREFIX and LIBDIR may differ from the last run.
+.PHONY: $(BUILD)/blackmamba.pc
+$(BUILD)/blackmamba.pc: pkgconfig/blackmamba.pc.in
+	@mkdir -p $(BUILD)
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' \
 	    -e 's|@VERSION@|$(VERSION)|g' -e 's|@PRIVATE_LIBS@|$(ALL_LIBS)|g' $< > $@
 

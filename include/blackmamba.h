@@ -271,8 +271,9 @@ BM_API bm_status bm_step_batch(bm_session *s, bm_state *const *states, const int
 
 /* Feed several streams their own prompts in one call: states[i] consumes
  * n_tokens[i] >= 1 tokens from tokens[i]. The prompts are packed (no padding
- * work); each state ends exactly as a bm_prefill of its prompt alone would
- * leave it. `logits` is NULL or receives n_streams * vocab_size floats: row i
+ * work); each state ends as a bm_prefill of its prompt alone would leave it,
+ * to rounding (the same arithmetic, grouped into other matrix tiles, so the
+ * last bits may differ). `logits` is NULL or receives n_streams * vocab_size floats: row i
  * is the logits after the last token of stream i. States must be distinct.
  * Errors as bm_prefill; validation failures change no state. */
 BM_API bm_status bm_prefill_batch(bm_session *s, bm_state *const *states, const int32_t *const *tokens,

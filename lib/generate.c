@@ -140,7 +140,7 @@ static int flush_text(generation *g, int32_t token) {
     return emit(g, g->pending.len, token) ? BM_STOP_CALLBACK : BM_STOP_NONE;
 }
 
-static bm_status check_params(const bm_generate_params *p, const bm_tokenizer *tok) {
+static bm_status check_params(const bm_generate_params *p, const bm_tokenizer *tok, int vocab) {
     if (p->size != sizeof *p)
         return bmi_fail(BM_ERR_INVALID_ARGUMENT, "bm_generate_params.size is %u, this library knows %zu", p->size,
                         sizeof *p);
@@ -156,7 +156,16 @@ static bm_status check_params(const bm_generate_params *p, const bm_tokenizer *t
         if (!p->stop_strings[i]) return bmi_fail(BM_ERR_INVALID_ARGUMENT, "stop_strings[%zu] is NULL", i);
     if (p->n_stop_strings && !tok)
         return bmi_fail(BM_ERR_INVALID_ARGUMENT, "stop strings need a tokenizer to turn tokens into text");
-    return BM_OK;
+    /* The sampler's own checks, on one logit, before the prompt touches the state. */
+    if (p->sampler.size == sizeof p->sampler && (p->sampler.n_vocab_valid < 0 || p->sampler.n_vocab_valid > vocab))
+        return bmi_fail(BM_ERR_INVALID_ARGUMENT, "n_vocab_valid %d is outside [0, %d]", (int)p->sampler.n_vocab_valid,
+                        vocab);
+    bm_sampler_params probe = p->sampler;
+    probe.n_vocab_valid = 0;
+    float logit = 0;
+    uint64_t rng = 0;
+    int32_t token;
+    return bm_sample(&logit, 1, &probe, &rng, NULL, 0, &token);
 }
 
 static void generation_free(generation *g) {
@@ -241,7 +250,7 @@ BM_API bm_status bm_generate_ids(bm_session *s, bm_state *st, const bm_tokenizer
         return bmi_fail(BM_ERR_INVALID_ARGUMENT, "bm_generate_result.size is %u, this library knows %zu", out->size,
                         sizeof *out);
     if (!tok) tok = bm_model_tokenizer(s->model);
-    bm_status r = check_params(p, tok);
+    bm_status r = check_params(p, tok, s->model->config.vocab_size);
     if (r) return r;
     generation g;
     memset(&g, 0, sizeof g);

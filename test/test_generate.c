@@ -140,6 +140,11 @@ static void test_callback_and_cancel(bm_session *s) {
     CHECK_ERR(bm_generate_ids(s, st, tok, g->prompt, g->n_prompt, &p, &rng, &r), BM_ERR_INVALID_ARGUMENT);
     p.max_tokens = 4;
     CHECK_ERR(bm_generate_ids(s, st, tok, g->prompt, 0, &p, &rng, &r), BM_ERR_INVALID_ARGUMENT);
+    uint64_t before = bm_state_n_tokens(st);
+    p.sampler.temperature = -1; /* refused before the prompt is fed */
+    CHECK_ERR(bm_generate_ids(s, st, tok, g->prompt, g->n_prompt, &p, &rng, &r), BM_ERR_INVALID_ARGUMENT);
+    CHECK(bm_state_n_tokens(st) == before);
+    p.sampler.temperature = 0;
     CHECK_ERR(bm_generate_ids(s, st, tok, g->prompt, g->n_prompt, &p, NULL, &r), BM_ERR_INVALID_ARGUMENT);
     const char *null_stop[1] = {NULL};
     p.stop_strings = null_stop;
