@@ -176,8 +176,10 @@ size_t bmi_cpu_pack_floats(int n_tok, int cols) { return (size_t)n_tok * pack_st
 
 /* Below this many multiply-adds a product runs on the calling thread. */
 #define MATMUL_SERIAL_MACS 32768
-/* Packed x per token block: each block meets every weight row once. */
-#define MATMUL_X_BLOCK_BYTES (1024 * 1024)
+/* Packed x per token block: each block meets every weight row once. Tasks
+ * keep a 4-token tile of x in L1 and their weight rows in L2, so the block
+ * itself can be large (one pass over the weights for a whole chunk). */
+#define MATMUL_X_BLOCK_BYTES (4 * 1024 * 1024)
 
 typedef struct matmul_job {
     const bmi_cpu_path *path;
