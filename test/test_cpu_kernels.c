@@ -157,6 +157,8 @@ static void check_matmuls(bmi_pool **pools) {
         /* enough rows to make several tasks per thread, and a decode-sized row */
         check_matmul_case(dts[d], 517, 1153, 1, 1, pools);
         check_matmul_case(dts[d], 259, 301, 37, 0, pools);
+        /* packed x past one token block (4 MB): several blocks */
+        check_matmul_case(dts[d], 7, 3601, 300, 1, pools);
     }
 }
 
