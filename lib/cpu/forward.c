@@ -151,7 +151,8 @@ static void mamba_block(bmi_cpu_ctx *ctx, const bmi_config *c, const bmi_mamba_w
     matmul(ctx, &w->in_proj, w->in_proj_bias, in, c->d_model, T, s->xz, 2 * di);
     int per_task = channels_per_task(ctx, di), tasks = (di + per_task - 1) / per_task;
     mamba_job j = {ctx->path, c, w, b, mamba_index, s, per_task};
-    bmi_pool_run(ctx->pool, tasks, conv_task, &j);
+    /* a few rows of convolution cost less than handing them to the pool */
+    bmi_pool_run(T * di >= 8192 ? ctx->pool : NULL, tasks, conv_task, &j);
     matmul(ctx, &w->x_proj, NULL, s->u, di, T, s->xdbl, R + 2 * N);
     matmul(ctx, &w->dt_proj, NULL, s->xdbl, R + 2 * N, T, s->delta, di);
     bmi_pool_run(ctx->pool, tasks, scan_task, &j);
