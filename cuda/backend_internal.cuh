@@ -43,7 +43,7 @@ typedef struct dev_layer {
 } dev_layer;
 
 typedef struct cuda_model {
-    int device, wtype, sm_count, pdl, fuse_routing;
+    int device, wtype, sm_count, pdl, fuse_routing, l2_prefetch;
     char *pool;                       /* every weight, one allocation */
     size_t pool_bytes;
     const void *embedding, *lm_head;

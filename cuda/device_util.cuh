@@ -28,6 +28,26 @@ __device__ __forceinline__ void bmc_grid_trigger() {
 #endif
 }
 
+/* Ask L2 to fetch `bytes` of immutable data (weights a later kernel reads)
+ * without waiting for them: share `part` of `parts` equal pieces. Keeps
+ * DRAM busy across the small, serial kernels of a decode step, whose own
+ * loads cannot start before their inputs exist. sm_90 (bulk prefetch);
+ * elsewhere a no-op. */
+__device__ __forceinline__ void bmc_prefetch_l2(const void *base, size_t bytes, unsigned part, unsigned parts) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (!base || bytes < 16 || parts == 0) return;
+    const size_t per = ((bytes + parts - 1) / parts + 15) & ~(size_t)15;
+    size_t off = per * part;
+    const size_t end = off + per < bytes ? off + per : bytes;
+    for (; off + 16 <= end; off += (size_t)1 << 20) {
+        size_t n = end - off < ((size_t)1 << 20) ? end - off : ((size_t)1 << 20);
+        n &= ~(size_t)15;
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"((const char *)base + off), "r"((unsigned)n)
+                     : "memory");
+    }
+#endif
+}
+
 /* A 16-byte weight load that bypasses L1: weights are read once per step, so
  * keeping them out of L1 leaves it to the activations. */
 __device__ __forceinline__ uint4 bmc_load_stream(const uint4 *p) {

@@ -353,6 +353,12 @@ static cudaError_t enqueue_step(cuda_session *cs, const bm_model *m, int nb, int
             a.conv_b = w->conv_b;
             a.d_conv = c->d_conv;
             a.di = di;
+            if (cm->l2_prefetch) { /* x_proj, the scan and routing are short: let DRAM fetch out_proj meanwhile */
+                a.prefetch[0] = w->out_proj;
+                a.prefetch_bytes[0] = (size_t)d * di * 2;
+                a.prefetch[1] = w->x_proj;
+                a.prefetch_bytes[1] = (size_t)xd * di * 2;
+            }
             if ((e = bmc_gemv(&a, wt, 0, sms, st, pdl))) return e;
             cur ^= 1;
 
@@ -367,6 +373,10 @@ static cudaError_t enqueue_step(cuda_session *cs, const bm_model *m, int nb, int
             a.epilogue = BMC_EPI_STORE;
             a.y = cs->xdbl;
             a.ldy = xd;
+            if (cm->l2_prefetch) {
+                a.prefetch[0] = w->dt_proj;
+                a.prefetch_bytes[0] = (size_t)di * R * 2;
+            }
             if ((e = bmc_gemv(&a, wt, 0, sms, st, pdl))) return e;
 
             bmc_step_scan_args sa;
@@ -439,6 +449,10 @@ static cudaError_t enqueue_step(cuda_session *cs, const bm_model *m, int nb, int
             ra.slot_expert = cs->slot_expert;
             ra.slot_count = cs->slot_count;
             ra.slot_rows = cs->slot_rows;
+            if (cm->l2_prefetch) {
+                ra.prefetch_expert_base = L->fc1;
+                ra.prefetch_expert_stride = ra.prefetch_expert_bytes = (size_t)g * F * d * 2;
+            }
             if ((e = bmc_router_step(&ra, st, pdl))) return e;
             }
         routed:
@@ -470,6 +484,10 @@ static cudaError_t enqueue_step(cuda_session *cs, const bm_model *m, int nb, int
             a.y = cs->m;
             a.ldy = F;
             a.bias = L->fc1_bias;
+            if (cm->l2_prefetch) {
+                a.prefetch_expert_base = L->fc2;
+                a.prefetch_expert_stride = a.prefetch_expert_bytes = (size_t)d * F * 2;
+            }
             if ((e = bmc_gemv(&a, wt, 0, sms, st, pdl))) return e;
 
             memset(&a, 0, sizeof a);
@@ -490,6 +508,17 @@ static cudaError_t enqueue_step(cuda_session *cs, const bm_model *m, int nb, int
             a.y = cs->h;
             a.ldy = d;
             a.bias = L->fc2_bias;
+            if (cm->l2_prefetch) { /* the next layer's first projection, or the start of the LM head */
+                const dev_layer *next = i + 1 < c->n_layers ? &cm->layers[i + 1] : NULL;
+                if (next && next->has_mamba) {
+                    a.prefetch[0] = next->mamba.in_proj;
+                    a.prefetch_bytes[0] = (size_t)2 * di * d * 2;
+                } else if (!next && head) {
+                    a.prefetch[0] = cm->lm_head;
+                    a.prefetch_bytes[0] = (size_t)c->vocab_size * d * 2;
+                    if (a.prefetch_bytes[0] > ((size_t)24 << 20)) a.prefetch_bytes[0] = (size_t)24 << 20;
+                }
+            }
             if ((e = bmc_gemv(&a, wt, 0, sms, st, pdl))) return e;
         }
     }

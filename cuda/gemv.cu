@@ -151,6 +151,11 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const bmc_gemv_args 
             vb[u] = valid_b && cc < nchunks ? bmc_load_stream(wb + cc) : make_uint4(0, 0, 0, 0);
         }
     };
+    if (threadIdx.x == 0) {
+        const unsigned part = blockIdx.y * gridDim.x + blockIdx.x, parts = gridDim.x * gridDim.y;
+        bmc_prefetch_l2(a.prefetch[0], a.prefetch_bytes[0], part, parts);
+        bmc_prefetch_l2(a.prefetch[1], a.prefetch_bytes[1], part, parts);
+    }
     if (!moe) { /* the weights do not depend on the previous kernel: start fetching now */
         wa = reinterpret_cast<const uint4 *>(W + (size_t)row_a * K);
         wb = reinterpret_cast<const uint4 *>(W + (size_t)row_b * K);
@@ -172,6 +177,9 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const bmc_gemv_args 
     const int count = s_count < MAXB ? s_count : MAXB;
     if (count == 0) return; /* a slot no expert needed this step */
     const int expert = s_expert;
+    if (a.prefetch_expert_base && threadIdx.x == 0)
+        bmc_prefetch_l2((const char *)a.prefetch_expert_base + (size_t)expert * a.prefetch_expert_stride,
+                        a.prefetch_expert_bytes, blockIdx.x, gridDim.x);
     if (moe) {
         W += (size_t)expert * (size_t)a.expert_stride;
         wa = reinterpret_cast<const uint4 *>(W + (size_t)row_a * K);

@@ -146,6 +146,12 @@ typedef struct bmc_gemv_args {
     unsigned *route_counter; /* zero before the launch; the last block leaves it zero */
     float *scales_out, *gates_out; /* [nb] */
     int *slot_expert_out, *slot_count_out, *slot_rows_out;
+    /* L2 prefetch of weights later kernels read (bmc_prefetch_l2): two fixed
+     * regions, and one per expert this step uses (expert_base + e * stride) */
+    const void *prefetch[2];
+    size_t prefetch_bytes[2];
+    const void *prefetch_expert_base;
+    size_t prefetch_expert_stride, prefetch_expert_bytes;
 } bmc_gemv_args;
 #define BMC_MAX_FUSED_EXPERTS 16
 /* Blocks bmc_gemv may launch for `rows` outputs (to size route_partials). */
@@ -195,6 +201,8 @@ typedef struct bmc_step_scan_args {
     float *const *state_ptrs;
     long long ssm_offset;
     float *y;               /* [nb, di] */
+    const void *prefetch;   /* weights a later kernel reads, fetched into L2 now */
+    size_t prefetch_bytes;
 } bmc_step_scan_args;
 /* One token per stream: delta = softplus(dt_proj . dt + bias), the state
  * update, y = C . s + D u, gated by SiLU(z); each state entry read and
@@ -213,6 +221,9 @@ typedef struct bmc_router_step_args {
     const float *router_w, *router_b; /* f32 [E, d], [E] */
     float *gates;         /* [nb] out */
     int *slot_expert, *slot_count, *slot_rows; /* out, BMC_MAX_STEP_ROWS slots */
+    /* each chosen expert's weights (base + e * stride, bytes), fetched into L2 */
+    const void *prefetch_expert_base;
+    size_t prefetch_expert_stride, prefetch_expert_bytes;
 } bmc_router_step_args;
 /* Residual add, RMSNorm, router logits, top-1 and sigmoid gate, and the
  * grouping of the batch rows by expert (slots in increasing expert order),

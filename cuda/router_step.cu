@@ -60,6 +60,17 @@ __global__ void __launch_bounds__(ROUTER_THREADS) router_step_kernel(const bmc_r
     for (int b = 0; b < a.nb; b++) {
         int best = 0;
         for (int e = 1; e < E; e++)
+            if (logits[b][e] > logits[b][best]) best = e;
+        bool first = true; /* each expert once */
+        for (int b2 = 0; b2 < b; b2++) first = first && chosen[b2] != best;
+        if (first && a.prefetch_expert_base)
+            bmc_prefetch_l2((const char *)a.prefetch_expert_base + (size_t)best * a.prefetch_expert_stride,
+                            a.prefetch_expert_bytes, 0, 1);
+        chosen[b] = best;
+    }
+    for (int b = 0; b < a.nb; b++) {
+        int best = 0;
+        for (int e = 1; e < E; e++)
             if (logits[b][e] > logits[b][best]) best = e; /* sigmoid is monotonic */
         chosen[b] = best;
         a.gates[b] = E >= 2 ? bmc_sigmoid(logits[b][best]) : 1.0f;

@@ -27,6 +27,8 @@ __global__ void __launch_bounds__(STEP_THREADS) scan_step_kernel(const bmc_step_
         w[i] = r < a.R ? bmc_to_float<T>(wdt[r]) : 0.0f;
     }
     const float A = a.A[(size_t)c * BMC_D_STATE + n], Dc = a.D[c], bias = a.dt_bias[c];
+    if (threadIdx.x == 0)
+        bmc_prefetch_l2(a.prefetch, a.prefetch_bytes, blockIdx.y * gridDim.x + blockIdx.x, gridDim.x * gridDim.y);
     bmc_grid_wait();
 
     const float *xd = a.xdbl + (size_t)b * a.ldxdbl;
