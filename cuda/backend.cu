@@ -269,9 +269,10 @@ static bm_status model_init(bm_model *m, const bm_model_params *p) {
         /* Measurement switch: BM_CUDA_FUSED_ROUTE=1 routes inside out_proj. */
         env = getenv("BM_CUDA_FUSED_ROUTE");
         cm->fuse_routing = env && env[0] == '1'; /* measured slower on the H100 (docs/PERF.md): off by default */
-        /* BM_CUDA_L2_PREFETCH=0: no L2 prefetch of later kernels' weights in decode */
+        /* BM_CUDA_L2_PREFETCH=1: L2 prefetch of later kernels' weights in
+         * decode; measured slower on the H100 (docs/PERF.md), so off. */
         env = getenv("BM_CUDA_L2_PREFETCH");
-        cm->l2_prefetch = prop.major >= 9 && !(env && env[0] == '0');
+        cm->l2_prefetch = prop.major >= 9 && env && env[0] == '1';
     }
     u.dry = 1;
     upload_model(&u, m, cm);

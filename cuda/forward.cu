@@ -380,6 +380,7 @@ static cudaError_t enqueue_step(cuda_session *cs, const bm_model *m, int nb, int
             if ((e = bmc_gemv(&a, wt, 0, sms, st, pdl))) return e;
 
             bmc_step_scan_args sa;
+            memset(&sa, 0, sizeof sa);
             sa.nb = nb;
             sa.di = di;
             sa.R = R;

@@ -18,6 +18,15 @@
 #define SCAN_GROUP 8
 #define NS BMC_D_STATE
 
+#define LOG2E 1.4426950408889634f
+
+/* 2^x on the special-function unit (what __expf does after its multiply). */
+__device__ __forceinline__ float exp2f_fast(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 static int chunk_length(int T) {
     int target = (T + 31) / 32;               /* about 32 chunks: enough blocks to fill the GPU */
     int len = (target + 15) / 16 * 16;
@@ -49,7 +58,7 @@ __global__ void __launch_bounds__(SCAN_THREADS) scan_chunk_kernel(const bmc_scan
     float A[NS], s[NS];
 #pragma unroll
     for (int n = 0; n < NS; n++) {
-        A[n] = a.A[(size_t)ch * NS + n];
+        A[n] = a.A[(size_t)ch * NS + n] * LOG2E; /* exp(d A) = 2^(d A log2 e): one multiply saved per entry */
         s[n] = 0.0f;
     }
     const float bias = a.dt_bias[ch];
@@ -71,7 +80,7 @@ __global__ void __launch_bounds__(SCAN_THREADS) scan_chunk_kernel(const bmc_scan
             const float du = delta * uu[j];
             dsum += delta;
 #pragma unroll
-            for (int n = 0; n < NS; n++) s[n] = __expf(delta * A[n]) * s[n] + du * Bt[tg + j - t0][n];
+            for (int n = 0; n < NS; n++) s[n] = exp2f_fast(delta * A[n]) * s[n] + du * Bt[tg + j - t0][n];
         }
     }
     float4 *h4 = reinterpret_cast<float4 *>(h_out + ((size_t)c * a.di + ch) * NS);
@@ -134,7 +143,7 @@ __global__ void __launch_bounds__(SCAN_THREADS) scan_output_kernel(const bmc_sca
         s[4 * i + 3] = v.w;
     }
 #pragma unroll
-    for (int n = 0; n < NS; n++) A[n] = a.A[(size_t)ch * NS + n];
+    for (int n = 0; n < NS; n++) A[n] = a.A[(size_t)ch * NS + n] * LOG2E;
     const float bias = a.dt_bias[ch], Dc = a.D[ch];
     Y *y16 = reinterpret_cast<Y *>(a.y16);
     for (int tg = t0; tg < t1; tg += SCAN_GROUP) {
@@ -155,7 +164,7 @@ __global__ void __launch_bounds__(SCAN_THREADS) scan_output_kernel(const bmc_sca
             float y = 0.0f;
 #pragma unroll
             for (int n = 0; n < NS; n++) {
-                s[n] = __expf(delta * A[n]) * s[n] + du * Bt[t - t0][n];
+                s[n] = exp2f_fast(delta * A[n]) * s[n] + du * Bt[t - t0][n];
                 y += s[n] * Ct[t - t0][n];
             }
             y16[(size_t)t * a.di + ch] = bmc_from_float<Y>((y + Dc * uu[j]) * bmc_silu(zz[j]));

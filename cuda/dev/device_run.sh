@@ -49,7 +49,7 @@ if has bench; then
         echo "bench $dims rc $?" >> "$summary"
         grep -E "^\|" "$OUT/bench-$dims.log" >> "$summary"
     done
-    for v in BM_CUDA_PDL=0 BM_CUDA_L2_PREFETCH=0 BM_CUDA_FUSED_ROUTE=1; do
+    for v in BM_CUDA_PDL=0 BM_CUDA_L2_PREFETCH=1 BM_CUDA_FUSED_ROUTE=1; do
         env $v timeout 120 "$B/bm-bench" --dims 2.8B --batch 1 --prompt 16 > "$OUT/bench-ab.log" 2>&1
         echo "2.8B with $v: $(grep 'decode batch   1' "$OUT/bench-ab.log" | tr '\n' ' ')" >> "$summary"
     done

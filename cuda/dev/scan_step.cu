@@ -51,6 +51,7 @@ int main(void) {
         uint16_t *d_w = dev_upload(wh, (size_t)di * R);
         float *d_y = dev_alloc_poisoned<float>((size_t)nb * di);
         bmc_step_scan_args a;
+        memset(&a, 0, sizeof a);
         a.nb = nb;
         a.di = di;
         a.R = R;
