@@ -5,8 +5,8 @@
  *   column counts that are not multiples of any vector width, 1..300
  *   tokens, with and without bias, strided inputs and outputs, 1 and 2
  *   threads) against a double-precision sum and against the portable path;
- * - the element-wise activations and the selective scan against double
- *   precision (and the portable path against the same truth);
+ * - the element-wise activations, the convolution and the selective scan
+ *   against double precision (and the portable path against the same truth);
  * - whole models: the golden fixtures through every path (prefill of all
  *   positions, decode, greedy tokens), and a random model at odd dimensions
  *   (every layer kind, biases, N = 5 state entries, odd d, F, vocab) whose
@@ -328,6 +328,71 @@ static void check_scans(void) {
     }
 }
 
+/* ---- the convolution ---------------------------------------------------------------------- */
+
+static void check_conv_case(int K, int di, int n_tok) {
+    int c0 = irand(0, di - 1), c1 = irand(c0 + 1, di);
+    size_t ldx = (size_t)di + (size_t)irand(0, 9), ldu = (size_t)di + (size_t)irand(0, 5), nh = (size_t)di * (size_t)(K > 1 ? K - 1 : 1);
+    float *x = malloc((size_t)n_tok * ldx * 4), *w = malloc((size_t)di * (size_t)K * 4), *b = malloc((size_t)di * 4);
+    float *h0 = malloc(nh * 4), *h = malloc(nh * 4), *u = malloc((size_t)n_tok * ldu * 4);
+    double *want = malloc((size_t)n_tok * ldu * sizeof(double));
+    float *hwant = malloc(nh * 4);
+    for (size_t i = 0; i < (size_t)n_tok * ldx; i++) x[i] = frand(-3, 3);
+    for (int i = 0; i < di * K; i++) w[i] = frand(-1, 1);
+    for (int i = 0; i < di; i++) b[i] = frand(-1, 1);
+    for (size_t i = 0; i < nh; i++) h0[i] = frand(-3, 3);
+    memcpy(hwant, h0, nh * 4);
+    for (int c = c0; c < c1; c++) {
+        /* the whole input sequence of channel c: K-1 history values, then the tokens */
+        double seq[8 + 300];
+        for (int k = 0; k < K - 1; k++) seq[k] = h0[(size_t)c * (size_t)(K - 1) + (size_t)k];
+        for (int t = 0; t < n_tok; t++) seq[K - 1 + t] = x[(size_t)t * ldx + (size_t)c];
+        for (int t = 0; t < n_tok; t++) {
+            double acc = b[c];
+            for (int k = 0; k < K; k++) acc += (double)w[(size_t)c * (size_t)K + (size_t)k] * seq[t + k];
+            want[(size_t)t * ldu + (size_t)c] = silu_d(acc);
+        }
+        for (int k = 0; k < K - 1; k++) hwant[(size_t)c * (size_t)(K - 1) + (size_t)k] = (float)seq[n_tok + k];
+    }
+    for (int p = 0; p < n_paths; p++) {
+        memcpy(h, h0, nh * 4);
+        for (size_t i = 0; i < (size_t)n_tok * ldu; i++) u[i] = NAN;
+        paths[p]->conv(c0, c1, n_tok, K, x, ldx, w, b, h, u, ldu);
+        double worst = 0;
+        int untouched = 1;
+        for (int t = 0; t < n_tok; t++)
+            for (size_t c = 0; c < ldu; c++) {
+                size_t i = (size_t)t * ldu + c;
+                if ((int)c >= c0 && (int)c < c1) {
+                    double e = fabs(u[i] - want[i]) / (1.0 + fabs(want[i]));
+                    if (!(e <= worst)) worst = e;
+                } else untouched &= isnan(u[i]) != 0;
+            }
+        CHECK_MSG(worst <= 1e-6, "%s conv K %d channels %d..%d of %d, %d tokens: error %.3g", paths[p]->name, K, c0, c1,
+                  di, n_tok, worst);
+        CHECK_MSG(untouched, "%s conv wrote outside channels %d..%d", paths[p]->name, c0, c1);
+        CHECK_MSG(memcmp(h, hwant, nh * 4) == 0, "%s conv K %d, %d tokens: history not the last K-1 inputs",
+                  paths[p]->name, K, n_tok);
+    }
+    free(x);
+    free(w);
+    free(b);
+    free(h0);
+    free(h);
+    free(u);
+    free(want);
+    free(hwant);
+}
+
+static void check_convs(void) {
+    static const int Ks[] = {4, 4, 1, 2, 3, 5, 8, 9};
+    for (int i = 0; i < 40; i++) {
+        int K = Ks[i % (int)(sizeof Ks / sizeof *Ks)];
+        int n_tok = i < 12 ? i % 4 + 1 : irand(1, 300); /* fewer tokens than K - 1 too */
+        check_conv_case(K, irand(1, 70), n_tok);
+    }
+}
+
 /* ---- the pool under many tiny jobs -------------------------------------------------------- */
 
 /* Decode runs hundreds of jobs of a few short tasks; workers join late or
@@ -614,6 +679,7 @@ int main(void) {
     check_matmuls(pools);
     check_elementwise();
     check_scans();
+    check_convs();
     check_pool_tiny_jobs();
     bmi_pool_free(pools[0]);
     bmi_pool_free(pools[1]);

@@ -98,25 +98,13 @@ typedef struct mamba_job {
 static void conv_task(void *arg, int task) {
     const mamba_job *j = arg;
     const bmi_config *c = j->c;
-    int di = c->d_inner, K = c->d_conv, c0 = task * j->channels_per_task;
+    int di = c->d_inner, c0 = task * j->channels_per_task;
     int c1 = c0 + j->channels_per_task < di ? c0 + j->channels_per_task : di;
-    float window[64 + BMI_CPU_MAX_SEQ_ROWS]; /* K-1 history + up to the chunk's rows, per channel */
     for (int sq = 0; sq < j->b->n_seq; sq++) {
         int t0 = j->b->seq_start[sq], t1 = j->b->seq_start[sq + 1];
-        float *conv = j->b->states[sq] + bmi_state_conv_offset(c, j->mamba_index);
-        for (int ch = c0; ch < c1; ch++) {
-            float *hist = conv + (size_t)ch * (size_t)(K - 1);
-            for (int k = 0; k < K - 1; k++) window[k] = hist[k];
-            for (int t = t0; t < t1; t++) window[K - 1 + t - t0] = j->s->xz[(size_t)t * 2 * (size_t)di + (size_t)ch];
-            const float *w = j->w->conv_w + (size_t)ch * (size_t)K;
-            for (int t = t0; t < t1; t++) {
-                float acc = j->w->conv_b[ch];
-                for (int k = 0; k < K; k++) acc += w[k] * window[t - t0 + k];
-                j->s->u[(size_t)t * (size_t)di + (size_t)ch] = acc;
-            }
-            for (int k = 0; k < K - 1; k++) hist[k] = window[t1 - t0 + k];
-        }
-        for (int t = t0; t < t1; t++) j->path->silu(j->s->u + (size_t)t * (size_t)di + (size_t)c0, c1 - c0);
+        float *hist = j->b->states[sq] + bmi_state_conv_offset(c, j->mamba_index);
+        j->path->conv(c0, c1, t1 - t0, c->d_conv, j->s->xz + (size_t)t0 * 2 * (size_t)di, 2 * (size_t)di, j->w->conv_w,
+                      j->w->conv_b, hist, j->s->u + (size_t)t0 * (size_t)di, (size_t)di);
     }
 }
 

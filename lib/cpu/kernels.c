@@ -108,6 +108,26 @@ static void portable_glu(float *a, int F, int gated, bm_activation act) {
     }
 }
 
+void bmi_cpu_conv_portable(int c0, int c1, int n_tok, int K, const float *x, size_t ldx, const float *w,
+                           const float *b, float *hist, float *u, size_t ldu) {
+    for (int c = c0; c < c1; c++) {
+        float *h = hist + (size_t)c * (size_t)(K - 1);
+        const float *wc = w + (size_t)c * (size_t)K;
+        for (int t = 0; t < n_tok; t++) {
+            float acc = b[c];
+            for (int k = 0; k < K; k++) {
+                int j = t - (K - 1) + k; /* input index; before the first token: history */
+                acc += wc[k] * (j < 0 ? h[K - 1 + j] : x[(size_t)j * ldx + (size_t)c]);
+            }
+            u[(size_t)t * ldu + (size_t)c] = bmi_cpu_silu(acc);
+        }
+        for (int k = 0; k < K - 1; k++) { /* ascending: h[k + n_tok] is read before it is written */
+            int j = n_tok - (K - 1) + k;
+            h[k] = j < 0 ? h[K - 1 + j] : x[(size_t)j * ldx + (size_t)c];
+        }
+    }
+}
+
 static void portable_scan(int c0, int c1, int n_tok, int N, const float *delta, const float *u, size_t ld,
                           const float *bc, size_t ldbc, const float *A, const float *D, float *ssm, float *y) {
     for (int c = c0; c < c1; c++) {
@@ -135,6 +155,7 @@ const bmi_cpu_path bmi_cpu_path_portable = {
     .mul_silu = portable_mul_silu,
     .softplus_bias = portable_softplus_bias,
     .glu = portable_glu,
+    .conv = bmi_cpu_conv_portable,
     .scan = portable_scan,
 };
 

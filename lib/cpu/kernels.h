@@ -52,6 +52,14 @@ typedef struct bmi_cpu_path {
     /* The MLP gate in place: a[f] = act(a[f]) * a[F + f] (gated) or act(a[f]). */
     void (*glu)(float *a, int F, int gated, bm_activation act);
 
+    /* The causal depthwise convolution and SiLU of channels c0 <= c < c1 over
+     * n_tok tokens of one stream: u_t[c] = SiLU(b[c] + sum_k w[c*K + k] *
+     * x_{t-K+1+k}[c]), x_t = x + t*ldx, u_t = u + t*ldu; inputs before the
+     * first token come from hist ([di, K-1], oldest first), which then holds
+     * the last K-1 inputs. */
+    void (*conv)(int c0, int c1, int n_tok, int K, const float *x, size_t ldx, const float *w, const float *b,
+                 float *hist, float *u, size_t ldu);
+
     /* The selective scan of channels c0 <= c < c1 over n_tok tokens of one
      * stream, in time order. Row t of delta (already softplus'd), u and y is
      * ld floats apart (channel c at index c); bc + t*ldbc holds B_t[N] then
@@ -62,6 +70,9 @@ typedef struct bmi_cpu_path {
 } bmi_cpu_path;
 
 extern const bmi_cpu_path bmi_cpu_path_portable;
+/* The portable convolution, for paths that cannot vectorise a kernel size. */
+void bmi_cpu_conv_portable(int c0, int c1, int n_tok, int K, const float *x, size_t ldx, const float *w,
+                           const float *b, float *hist, float *u, size_t ldu);
 
 /* The path named `name` if this machine can run it (and this build has it),
  * else NULL. */

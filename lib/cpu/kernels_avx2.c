@@ -315,6 +315,52 @@ static void avx2_glu(float *a, int F, int gated, bm_activation act) {
     }
 }
 
+/* ---- the convolution -------------------------------------------------------------- */
+
+/* Eight channels at a time: their K taps and K-1 history values gathered
+ * once, then a window of K registers slides over the tokens. */
+#define CONV_MAX_K 8
+
+INLINE void conv_block(int c, int n, int n_tok, const int K, const float *x, size_t ldx, const float *w,
+                       const float *b, float *hist, float *u, size_t ldu) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), m = tail8(n);
+    const __m256 mf = _mm256_castsi256_ps(m);
+    const __m256i wi = _mm256_mullo_epi32(lane, _mm256_set1_epi32(K)), hi = _mm256_mullo_epi32(lane, _mm256_set1_epi32(K - 1));
+    const float *wb = w + (size_t)c * (size_t)K;
+    float *hb = hist + (size_t)c * (size_t)(K - 1);
+    __m256 wk[CONV_MAX_K], win[CONV_MAX_K];
+    for (int k = 0; k < K; k++)
+        wk[k] = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), wb, _mm256_add_epi32(wi, _mm256_set1_epi32(k)), mf, 4);
+    for (int k = 0; k < K - 1; k++)
+        win[k] = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), hb, _mm256_add_epi32(hi, _mm256_set1_epi32(k)), mf, 4);
+    __m256 bias = _mm256_maskload_ps(b + c, m);
+    for (int t = 0; t < n_tok; t++) {
+        win[K - 1] = _mm256_maskload_ps(x + (size_t)t * ldx + (size_t)c, m);
+        __m256 acc = bias;
+        for (int k = 0; k < K; k++) acc = _mm256_fmadd_ps(wk[k], win[k], acc);
+        _mm256_maskstore_ps(u + (size_t)t * ldu + (size_t)c, m, vsilu(acc));
+        for (int k = 0; k < K - 1; k++) win[k] = win[k + 1];
+    }
+    for (int k = 0; k < K - 1; k++) { /* no scatter in AVX2 */
+        float v[8];
+        _mm256_storeu_ps(v, win[k]);
+        for (int i = 0; i < n; i++) hb[(size_t)i * (size_t)(K - 1) + (size_t)k] = v[i];
+    }
+}
+
+static void avx2_conv(int c0, int c1, int n_tok, int K, const float *x, size_t ldx, const float *w, const float *b,
+                      float *hist, float *u, size_t ldu) {
+    if (K < 1 || K > CONV_MAX_K) {
+        bmi_cpu_conv_portable(c0, c1, n_tok, K, x, ldx, w, b, hist, u, ldu);
+        return;
+    }
+    for (int c = c0; c < c1; c += 8) {
+        int n = c1 - c < 8 ? c1 - c : 8;
+        if (K == 4) conv_block(c, n, n_tok, 4, x, ldx, w, b, hist, u, ldu);
+        else conv_block(c, n, n_tok, K, x, ldx, w, b, hist, u, ldu);
+    }
+}
+
 /* ---- the selective scan ------------------------------------------------------------ */
 
 static void avx2_scan(int c0, int c1, int n_tok, int N, const float *delta, const float *u, size_t ld,
@@ -368,6 +414,7 @@ const bmi_cpu_path bmi_cpu_path_avx2 = {
     .mul_silu = avx2_mul_silu,
     .softplus_bias = avx2_softplus_bias,
     .glu = avx2_glu,
+    .conv = avx2_conv,
     .scan = avx2_scan,
 };
 

@@ -320,6 +320,48 @@ static void avx512_glu(float *a, int F, int gated, bm_activation act) {
     }
 }
 
+/* ---- the convolution -------------------------------------------------------------- */
+
+/* Sixteen channels at a time: their K taps and K-1 history values gathered
+ * once, then a window of K registers slides over the tokens. */
+#define CONV_MAX_K 8
+
+INLINE void conv_block(int c, __mmask16 m, int n_tok, const int K, const float *x, size_t ldx, const float *w,
+                       const float *b, float *hist, float *u, size_t ldu) {
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i wi = _mm512_mullo_epi32(lane, _mm512_set1_epi32(K)), hi = _mm512_mullo_epi32(lane, _mm512_set1_epi32(K - 1));
+    const float *wb = w + (size_t)c * (size_t)K;
+    float *hb = hist + (size_t)c * (size_t)(K - 1);
+    __m512 wk[CONV_MAX_K], win[CONV_MAX_K];
+    for (int k = 0; k < K; k++)
+        wk[k] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, _mm512_add_epi32(wi, _mm512_set1_epi32(k)), wb, 4);
+    for (int k = 0; k < K - 1; k++)
+        win[k] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, _mm512_add_epi32(hi, _mm512_set1_epi32(k)), hb, 4);
+    __m512 bias = _mm512_maskz_loadu_ps(m, b + c);
+    for (int t = 0; t < n_tok; t++) {
+        win[K - 1] = _mm512_maskz_loadu_ps(m, x + (size_t)t * ldx + (size_t)c);
+        __m512 acc = bias;
+        for (int k = 0; k < K; k++) acc = _mm512_fmadd_ps(wk[k], win[k], acc);
+        _mm512_mask_storeu_ps(u + (size_t)t * ldu + (size_t)c, m, vsilu(acc));
+        for (int k = 0; k < K - 1; k++) win[k] = win[k + 1];
+    }
+    for (int k = 0; k < K - 1; k++)
+        _mm512_mask_i32scatter_ps(hb, m, _mm512_add_epi32(hi, _mm512_set1_epi32(k)), win[k], 4);
+}
+
+static void avx512_conv(int c0, int c1, int n_tok, int K, const float *x, size_t ldx, const float *w, const float *b,
+                        float *hist, float *u, size_t ldu) {
+    if (K < 1 || K > CONV_MAX_K) {
+        bmi_cpu_conv_portable(c0, c1, n_tok, K, x, ldx, w, b, hist, u, ldu);
+        return;
+    }
+    for (int c = c0; c < c1; c += 16) {
+        __mmask16 m = tail16(c1 - c);
+        if (K == 4) conv_block(c, m, n_tok, 4, x, ldx, w, b, hist, u, ldu); /* the released models' K */
+        else conv_block(c, m, n_tok, K, x, ldx, w, b, hist, u, ldu);
+    }
+}
+
 /* ---- the selective scan ------------------------------------------------------------ */
 
 /* N == 16: a channel's whole state is one register for the whole run. */
@@ -375,6 +417,7 @@ const bmi_cpu_path bmi_cpu_path_avx512 = {
     .mul_silu = avx512_mul_silu,
     .softplus_bias = avx512_softplus_bias,
     .glu = avx512_glu,
+    .conv = avx512_conv,
     .scan = avx512_scan,
 };
 
