@@ -12,7 +12,13 @@
  * Matrix products work on register tiles of up to 4 weight rows x 4 tokens
  * (prefill, batches); decode (one token) reads one row at a time, the
  * weights in address order with software prefetch. Tails of rows, tokens
- * and columns are masked. */
+ * and columns are masked.
+ *
+ * Not used: AVX512-BF16 dot products (vdpbf16ps). They round x to bf16; to
+ * keep fp32 accuracy x must be split into a bf16 high and low part, which
+ * takes two vdpbf16ps per 32 weights and token, the same count as the two
+ * FMAs here, while the widening above is exact. Decode is bound by memory,
+ * prefill by FMA throughput, so neither would gain. */
 #include "kernels_simd.h"
 
 #if BMI_CPU_X86
