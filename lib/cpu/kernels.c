@@ -246,6 +246,8 @@ void bmi_cpu_matmul(const bmi_cpu_path *path, bmi_pool *pool, float *pack, const
     if (n_tok <= tok_block) tok_block = n_tok;
     int target = n_tok <= 4 ? 16 * threads : 4 * threads;
     int rows = (W->rows + target - 1) / target;
+    int min_rows = (int)(MATMUL_SERIAL_MACS / ((double)W->cols * n_tok)); /* tasks worth claiming */
+    if (rows < min_rows) rows = min_rows;
     rows = (rows + 7) / 8 * 8;
     if (n_tok > 4 && rows > 64) rows = 64;
     j.rows_per_task = rows;
