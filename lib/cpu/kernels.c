@@ -9,6 +9,10 @@
 
 #include "kernels_simd.h"
 
+#if BMI_CPU_X86
+#include <cpuid.h>
+#endif
+
 /* ---- reference scalar functions ------------------------------------------- */
 
 void bmi_cpu_row_to_f32(const bmi_matrix *W, int row, float *out) {
@@ -163,16 +167,24 @@ const bmi_cpu_path bmi_cpu_path_portable = {
 
 const char *const bmi_cpu_path_names[] = {"portable", "avx2", "avx512", NULL};
 
+#if BMI_CPU_X86
+/* F16C (CPUID.1:ECX bit 29), which not every compiler's
+ * __builtin_cpu_supports knows; the AVX checks cover the OS side. */
+static int has_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1u);
+}
+#endif
+
 const bmi_cpu_path *bmi_cpu_path_by_name(const char *name) {
     if (!name) return NULL;
     if (strcmp(name, "portable") == 0) return &bmi_cpu_path_portable;
 #if BMI_CPU_X86
     __builtin_cpu_init();
-    if (strcmp(name, "avx2") == 0 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c"))
+    if (strcmp(name, "avx2") == 0 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c())
         return &bmi_cpu_path_avx2;
     if (strcmp(name, "avx512") == 0 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") && has_f16c())
         return &bmi_cpu_path_avx512;
 #endif
     return NULL;
