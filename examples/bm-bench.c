@@ -270,8 +270,8 @@ int main(int argc, char **argv) {
     if (!steps) steps = cuda ? 200 : 32;
     if (!cuda && !prompts_given) n_prompts = 1; /* 512 */
     char device[128] = "CPU";
-    size_t free_before = 0, free_after = 0, total = 0;
 #ifdef BM_WITH_CUDA
+    size_t free_before = 0, free_after = 0, total = 0;
     if (cuda && bmi_cuda_device_info(0, device, sizeof device, &free_before, &total)) {
         fprintf(stderr, "bm-bench: %s\n", bm_last_error());
         return 1;
