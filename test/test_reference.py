@@ -87,7 +87,20 @@ def run_config(tmp, k, layers, flags, dtype, activation):
         state.close()
 
 
+def sanitizer_build(lib):
+    """A sanitizer build cannot be loaded into an ordinary python process."""
+    try:
+        out = subprocess.run(["nm", "-D", lib], capture_output=True, text=True).stdout
+    except OSError:
+        return False
+    return any(tag in out for tag in ("__asan_", "__ubsan_", "__tsan_"))
+
+
 def main():
+    if sanitizer_build(os.environ["BLACKMAMBA_LIB"]):
+        print("test_reference: SKIP: a sanitizer build; the reference runs against the normal build")
+        print("test_reference: 0 passed, 0 failed")
+        return 0
     if not os.path.exists(os.path.join(BUILD, "bm-mkmodel")):
         print(f"test_reference: {BUILD}/bm-mkmodel is missing (build first)", file=sys.stderr)
         check(False, "build")
