@@ -1,9 +1,11 @@
 /* The public API's contract on bad input: every misuse gives a negative
  * status and a message, and leaves states as they were. Also configs that
  * disagree with their weights. */
+#include <math.h>
 #include <stdlib.h>
 
 #include "check.h"
+#include "ckpt_write.h"
 #include "fixture.h"
 
 static char f32_dir[4096], bf16_dir[4096];
@@ -136,6 +138,85 @@ static void test_config_mismatch(void) {
     load_with_config("{a: &x [1], b: *x, c: *x}", BM_ERR_FORMAT, "config.json");
 }
 
+
+/* The f32 fixture rewritten with its tensors renamed or added, as converted
+ * checkpoints have them: `rename` gives the embedding's other name,
+ * `untie` adds an output_layer.weight (a scaled copy of the embedding), and
+ * `extra` adds a tensor no configuration uses. Returns the loaded model's
+ * logits after token 7, or NULL (with `want` checked) when the load fails. */
+static float *load_variant(int rename, int untie, int extra, bm_status want) {
+    bmi_tensor_table t = {0};
+    char from[4400], dir[256], path[300];
+    snprintf(from, sizeof from, "%s/model.safetensors", f32_dir);
+    if (bmi_read_safetensors(from, &t) != BM_OK || !tmpdir_make(dir, sizeof dir)) return NULL;
+    bmi_tensor *items = calloc(t.count + 2, sizeof *items);
+    memcpy(items, t.items, t.count * sizeof *items);
+    size_t n = t.count;
+    float *scaled = NULL;
+    for (size_t i = 0; i < t.count; i++) {
+        if (strcmp(items[i].name, "embedding.word_embeddings.weight") != 0) continue;
+        if (rename) items[i].name = "embedding.weight";
+        if (untie) {
+            size_t count = (size_t)(items[i].shape[0] * items[i].shape[1]);
+            scaled = malloc(count * sizeof(float));
+            for (size_t k = 0; k < count; k++) scaled[k] = -2.0f * ((const float *)items[i].data)[k];
+            items[n] = items[i];
+            items[n].name = "output_layer.weight";
+            items[n++].data = scaled;
+        }
+        if (extra) {
+            items[n] = items[i];
+            items[n++].name = "decoder.layers.9.mixer.surprise";
+        }
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    CHECK_OK(bmi_write_safetensors(path, items, n, NULL));
+    char cfg_from[4400], cfg_to[300];
+    snprintf(cfg_from, sizeof cfg_from, "%s/config.json", f32_dir);
+    snprintf(cfg_to, sizeof cfg_to, "%s/config.json", dir);
+    copy_file(cfg_from, cfg_to);
+    bm_model *m = NULL;
+    bm_status st = bm_model_load(dir, NULL, &m);
+    CHECK_MSG(st == want, "variant rename=%d untie=%d extra=%d -> %d (%s)", rename, untie, extra, st, bm_last_error());
+    float *logits = NULL;
+    if (m) {
+        bm_session *s = NULL;
+        bm_state *state = NULL;
+        logits = malloc(300 * sizeof(float));
+        CHECK_OK(bm_session_new(m, NULL, &s));
+        CHECK_OK(bm_state_new(m, &state));
+        CHECK_OK(bm_step(s, state, 7, logits));
+        bm_state_free(state);
+        bm_session_free(s);
+        bm_model_free(m);
+    }
+    if (extra && st) CHECK(strstr(bm_last_error(), "decoder.layers.9.mixer.surprise") != NULL);
+    free(scaled);
+    free(items);
+    bmi_table_free(&t);
+    tmpdir_remove(dir);
+    return logits;
+}
+
+static void test_tensor_name_variants(void) {
+    float *plain = load_variant(0, 0, 0, BM_OK), *renamed = load_variant(1, 0, 0, BM_OK);
+    float *untied = load_variant(0, 1, 0, BM_OK);
+    free(load_variant(0, 0, 1, BM_ERR_FORMAT));
+    if (plain && renamed && untied) {
+        CHECK_MSG(memcmp(plain, renamed, 300 * sizeof(float)) == 0, "embedding.weight loads as the tied embedding");
+        /* an untied head of -2 E: the logits are -2 times the tied ones */
+        double worst = 0;
+        for (int i = 0; i < 300; i++) {
+            double e = fabs(untied[i] + 2.0 * plain[i]) / (fabs(plain[i]) + 1e-3);
+            if (e > worst) worst = e;
+        }
+        CHECK_MSG(worst < 1e-4, "output_layer.weight is used as the LM head (error %.3g)", worst);
+    }
+    free(plain);
+    free(renamed);
+    free(untied);
+}
+
 static void test_run_errors(bm_model *m, bm_model *other) {
     bm_session *s = NULL;
     bm_state *st = NULL, *foreign = NULL;
@@ -227,6 +308,7 @@ int main(void) {
     test_status_strings();
     test_load_errors();
     test_config_mismatch();
+    test_tensor_name_variants();
     bm_model *m = load_cpu(f32_dir), *other = load_cpu(bf16_dir);
     if (m && other) test_run_errors(m, other);
     bm_model_free(m);
