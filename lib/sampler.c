@@ -157,6 +157,8 @@ static void offer(selection *sel, int32_t id, float logit) {
     }
 }
 
+#define SKIP_BLOCK 64
+
 /* Offer the unpenalised ids [begin, end). Without a heap the cap is the whole
  * range, so the first loop takes every id and the second never runs. */
 static void offer_run(selection *sel, const float *logits, int32_t begin, int32_t end) {
@@ -166,10 +168,27 @@ static void offer_run(selection *sel, const float *logits, int32_t begin, int32_
     /* Full: almost every logit fails this one comparison, which keeps small k
      * close to the speed of reading the logits. */
     float worst_kept = sel->items[0].logit;
-    for (; i < end; i++) {
-        if (logits[i] > worst_kept) {
-            replace_worst(sel, i, logits[i]);
-            worst_kept = sel->items[0].logit;
+    while (i < end) {
+        /* Skip whole blocks that cannot beat the worst kept logit: the block
+         * maximum is eight independent lanes the compiler turns into vector
+         * max instructions (NaN never wins a lane, as in the loop below). */
+        if (end - i >= SKIP_BLOCK) {
+            float lane[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+            for (int32_t k = 0; k < SKIP_BLOCK; k += 8)
+                for (int l = 0; l < 8; l++) lane[l] = logits[i + k + l] > lane[l] ? logits[i + k + l] : lane[l];
+            float block_max = lane[0];
+            for (int l = 1; l < 8; l++) block_max = lane[l] > block_max ? lane[l] : block_max;
+            if (!(block_max > worst_kept)) {
+                i += SKIP_BLOCK;
+                continue;
+            }
+        }
+        int32_t stop = end - i > SKIP_BLOCK ? i + SKIP_BLOCK : end;
+        for (; i < stop; i++) {
+            if (logits[i] > worst_kept) {
+                replace_worst(sel, i, logits[i]);
+                worst_kept = sel->items[0].logit;
+            }
         }
     }
 }
