@@ -37,14 +37,15 @@ static void results_free(results *r) {
     memset(r, 0, sizeof *r);
 }
 
-/* The failure count so far; nonzero once a call failed. */
+/* Calls of the current cycle that failed (with BM_ERR_OUT_OF_MEMORY or, a
+ * test failure, anything else). */
 static int oom_seen;
 static uint64_t total_calls;
 
 /* A library call inside the sweep: BM_OK, or BM_ERR_OUT_OF_MEMORY with a
- * message. Anything else is a failure of the test. Returns 1 on success. */
-#define STEP_OK(call)                                                                        \
-    step_result((call), #call, __LINE__)
+ * message of its own (the message is cleared before the call). Anything else
+ * is a failure of the test. Returns 1 on success. */
+#define STEP_OK(call) (bmi_clear_error(), step_result((call), #call, __LINE__))
 
 static int step_result(bm_status st, const char *what, int line) {
     total_calls++;
@@ -245,7 +246,7 @@ static int sweep_model(const char *name, const char *path) {
 static const char TEXT[] = "Hello, world! <|endoftext|> caf\xc3\xa9 na\xc3\xafve \xf0\x9f\x98\x80 12345 it's\n\n\t  x";
 
 static int tok_step(bm_status st, const char *what, int line) { return step_result(st, what, line); }
-#define TOK_OK(call) tok_step((call), #call, __LINE__)
+#define TOK_OK(call) (bmi_clear_error(), tok_step((call), #call, __LINE__))
 
 /* Parse + encode + decode + streamed decode. Returns 1 when complete and
  * writes the decoded text's length. */
@@ -380,8 +381,8 @@ int main(void) {
         sweep_tokenizer("alloc sweep tokenizer (cut to 400 ids)", json, len, 1);
         free(json);
     }
-    /* The full tokenizer: every n would take too long; a stride that still
-     * hits every phase of the load (and the last allocations exactly). */
+    /* The full tokenizer: every n while that stays under ~2000 runs (it
+     * makes a few dozen allocations today), else a stride over them. */
     json = read_file(fixture_path("tokenizer/20B_tokenizer.json"), &len);
     if (json) {
         uint64_t made = 0;
@@ -389,7 +390,7 @@ int main(void) {
         int32_t ids[256];
         tokenizer_cycle(json, len, 0, &made, &l, ids, &nids);
         uint64_t stride = made / 2000 + 1;
-        sweep_tokenizer("alloc sweep tokenizer (full, sampled)", json, len, stride);
+        sweep_tokenizer(stride > 1 ? "alloc sweep tokenizer (full, sampled)" : "alloc sweep tokenizer (full)", json, len, stride);
         free(json);
     }
     return check_summary("test_alloc_fail");
