@@ -64,8 +64,16 @@ static float weight_value(bmi_dtype dt, const void *w, size_t i) {
     return bmi_f16_to_f32(((const uint16_t *)w)[i]);
 }
 
-static void *random_weights(bmi_dtype dt, size_t n) {
-    void *w = malloc(n * bmi_dtype_size(dt) + 1);
+/* n random weights starting `shift` elements past a 64-byte boundary (rows
+ * then start at every alignment a mapped file can give them); the
+ * allocation ends with the last weight, so a read past it is caught under
+ * ASan. *base receives what to free. */
+static void *random_weights(bmi_dtype dt, size_t n, int shift, void **base) {
+    size_t es = bmi_dtype_size(dt);
+    void *mem = NULL;
+    if (posix_memalign(&mem, 64, (n + (size_t)shift) * es + 1) != 0) abort();
+    *base = mem;
+    void *w = (char *)mem + (size_t)shift * es;
     for (size_t i = 0; i < n; i++) {
         float f = frand(-1.0f, 1.0f);
         if (dt == BMI_F32) ((float *)w)[i] = f;
@@ -78,7 +86,8 @@ static void *random_weights(bmi_dtype dt, size_t n) {
 /* One product at the given shape on every path and 1 or 2 threads. */
 static void check_matmul_case(bmi_dtype dt, int rows, int cols, int n_tok, int with_bias, bmi_pool **pools) {
     int ldx = cols + irand(0, 3), ldy = rows + irand(0, 3);
-    void *wdata = random_weights(dt, (size_t)rows * (size_t)cols);
+    void *wbase = NULL;
+    void *wdata = random_weights(dt, (size_t)rows * (size_t)cols, irand(0, 1) ? 0 : irand(1, 31), &wbase);
     bmi_matrix W = {wdata, dt, rows, cols};
     float *x = malloc((size_t)n_tok * (size_t)ldx * sizeof(float));
     float *bias = with_bias ? malloc((size_t)rows * sizeof(float)) : NULL;
@@ -134,7 +143,7 @@ static void check_matmul_case(bmi_dtype dt, int rows, int cols, int n_tok, int w
     free(scale);
     free(x);
     free(bias);
-    free(wdata);
+    free(wbase);
 }
 
 static void check_matmuls(bmi_pool **pools) {
