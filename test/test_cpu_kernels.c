@@ -100,7 +100,8 @@ static void check_matmul_case(bmi_dtype dt, int rows, int cols, int n_tok, int w
         for (int r = 0; r < rows; r++) {
             double s = bias ? bias[r] : 0.0, a = bias ? fabs(bias[r]) : 0.0;
             for (int c = 0; c < cols; c++) {
-                double p = (double)weight_value(dt, wdata, (size_t)r * (size_t)cols + (size_t)c) * x[(size_t)t * (size_t)ldx + (size_t)c];
+                double p = (double)weight_value(dt, wdata, (size_t)r * (size_t)cols + (size_t)c) *
+                           x[(size_t)t * (size_t)ldx + (size_t)c];
                 s += p;
                 a += fabs(p);
             }
@@ -147,7 +148,8 @@ static void check_matmul_case(bmi_dtype dt, int rows, int cols, int n_tok, int w
 }
 
 static void check_matmuls(bmi_pool **pools) {
-    static const int odd_cols[] = {1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 47, 63, 64, 65, 72, 92, 100, 129, 255, 1153};
+    static const int odd_cols[] = {1,  2,  3,  7,  8,  9,  15, 16,  17,  31,  32,
+                                   33, 47, 63, 64, 65, 72, 92, 100, 129, 255, 1153};
     static const int many_tokens[] = {5, 8, 13, 16, 17, 31, 33, 64, 65, 100, 257, 300};
     bmi_dtype dts[3] = {BMI_F32, BMI_BF16, BMI_F16};
     for (int d = 0; d < 3; d++) {
@@ -196,7 +198,8 @@ static int close_all(const float *got, const double *want, int n, double rel, do
         double e = fabs(got[i] - want[i]);
         double lim = rel * fabs(want[i]) + abs_floor;
         if (!(e <= lim)) {
-            if (ok && getenv("BM_TEST_VERBOSE")) fprintf(stderr, "  element %d: got %.9g want %.9g\n", i, got[i], want[i]);
+            if (ok && getenv("BM_TEST_VERBOSE"))
+                fprintf(stderr, "  element %d: got %.9g want %.9g\n", i, got[i], want[i]);
             ok = 0;
         }
         double r = e / (fabs(want[i]) + abs_floor);
@@ -282,7 +285,8 @@ static void check_scan_case(int N, int di, int n_tok) {
             double acc = 0;
             for (int n = 0; n < N; n++) {
                 double *sv = &sd[(size_t)c * (size_t)N + (size_t)n];
-                *sv = exp((double)delta[i] * A[(size_t)c * (size_t)N + (size_t)n]) * *sv + (double)delta[i] * u[i] * B[n];
+                *sv =
+                    exp((double)delta[i] * A[(size_t)c * (size_t)N + (size_t)n]) * *sv + (double)delta[i] * u[i] * B[n];
                 acc += *sv * C[n];
             }
             yd[i] = acc + (double)D[c] * u[i];
@@ -341,7 +345,8 @@ static void check_scans(void) {
 
 static void check_conv_case(int K, int di, int n_tok) {
     int c0 = irand(0, di - 1), c1 = irand(c0 + 1, di);
-    size_t ldx = (size_t)di + (size_t)irand(0, 9), ldu = (size_t)di + (size_t)irand(0, 5), nh = (size_t)di * (size_t)(K > 1 ? K - 1 : 1);
+    size_t ldx = (size_t)di + (size_t)irand(0, 9), ldu = (size_t)di + (size_t)irand(0, 5),
+           nh = (size_t)di * (size_t)(K > 1 ? K - 1 : 1);
     float *x = malloc((size_t)n_tok * ldx * 4), *w = malloc((size_t)di * (size_t)K * 4), *b = malloc((size_t)di * 4);
     float *h0 = malloc(nh * 4), *h = malloc(nh * 4), *u = malloc((size_t)n_tok * ldu * 4);
     double *want = malloc((size_t)n_tok * ldu * sizeof(double));
@@ -505,7 +510,8 @@ static void check_golden_on_paths(void) {
                 }
                 CHECK_MSG(worst <= 1e-4, "%s on %s, %d threads: golden rel error %.3g", fixtures[f], paths[p]->name,
                           threads, worst);
-                CHECK_MSG(tokens_ok, "%s on %s, %d threads: greedy tokens differ", fixtures[f], paths[p]->name, threads);
+                CHECK_MSG(tokens_ok, "%s on %s, %d threads: greedy tokens differ", fixtures[f], paths[p]->name,
+                          threads);
                 bm_state_free(st);
                 bm_session_free(s);
             }
@@ -594,7 +600,8 @@ static bm_model *odd_model_make(odd_model *om, bmi_dtype dtype) {
                 char pre[64];
                 if (experts >= 2) snprintf(pre, sizeof pre, "local_experts.%d.", e);
                 else pre[0] = 0;
-                snprintf(name, sizeof name, "decoder.layers.%d.%s.%slinear_fc1.weight", i, p, pre), T2(name, 2 * F, D, 0);
+                snprintf(name, sizeof name, "decoder.layers.%d.%s.%slinear_fc1.weight", i, p, pre),
+                    T2(name, 2 * F, D, 0);
                 snprintf(name, sizeof name, "decoder.layers.%d.%s.%slinear_fc1.bias", i, p, pre), T1(name, 2 * F, 2);
                 snprintf(name, sizeof name, "decoder.layers.%d.%s.%slinear_fc2.weight", i, p, pre), T2(name, D, F, 0);
                 snprintf(name, sizeof name, "decoder.layers.%d.%s.%slinear_fc2.bias", i, p, pre), T1(name, D, 2);
@@ -677,7 +684,8 @@ static void check_odd_model(void) {
 
 int main(void) {
     const char *seed_env = getenv("BM_TEST_SEED");
-    uint64_t seed = seed_env && *seed_env ? strtoull(seed_env, NULL, 10) : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
+    uint64_t seed =
+        seed_env && *seed_env ? strtoull(seed_env, NULL, 10) : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
     printf("test_cpu_kernels: seed %llu (BM_TEST_SEED=%llu replays this run)\n", (unsigned long long)seed,
            (unsigned long long)seed);
     rng = seed;

@@ -121,7 +121,8 @@ static void scan_task(void *arg, int task) {
     for (int sq = 0; sq < j->b->n_seq; sq++) {
         int t0 = j->b->seq_start[sq], t1 = j->b->seq_start[sq + 1];
         float *ssm = j->b->states[sq] + bmi_state_ssm_offset(c, j->mamba_index);
-        for (int t = t0; t < t1; t++) j->path->softplus_bias(s->delta + (size_t)t * (size_t)di + (size_t)c0, w->dt_bias + c0, c1 - c0);
+        for (int t = t0; t < t1; t++)
+            j->path->softplus_bias(s->delta + (size_t)t * (size_t)di + (size_t)c0, w->dt_bias + c0, c1 - c0);
         size_t first = (size_t)t0 * (size_t)di;
         j->path->scan(c0, c1, t1 - t0, N, s->delta + first, s->u + first, (size_t)di,
                       s->xdbl + (size_t)t0 * ld_dbl + (size_t)R, ld_dbl, w->A, w->D, ssm, s->y + first);
@@ -202,7 +203,8 @@ static void moe_block(bmi_cpu_ctx *ctx, const bmi_config *c, const bmi_layer_wei
         int r0 = s->expert_start[e], r1 = s->expert_start[e + 1];
         if (r0 == r1) continue;
         for (int r = r0; r < r1; r++)
-            memcpy(gathered + (size_t)(r - r0) * (size_t)d, in + (size_t)s->order[r] * (size_t)d, (size_t)d * sizeof(float));
+            memcpy(gathered + (size_t)(r - r0) * (size_t)d, in + (size_t)s->order[r] * (size_t)d,
+                   (size_t)d * sizeof(float));
         mlp(ctx, c, &lw->experts[e], gathered, r1 - r0, result);
         for (int r = r0; r < r1; r++) {
             int t = s->order[r];

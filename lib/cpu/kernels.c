@@ -89,7 +89,8 @@ static void portable_matmul_rows(const bmi_matrix *W, const float *bias, int r0,
         const float *wr = W->dtype == BMI_F32 ? (const float *)W->data + (size_t)r * (size_t)W->cols : row;
         if (W->dtype != BMI_F32) bmi_cpu_row_to_f32(W, r, row);
         float b = bias ? bias[r] : 0.0f;
-        for (int t = 0; t < n_tok; t++) y[(size_t)t * ldy + (size_t)r] = dot_f32(wr, xp + (size_t)t * ldxp, W->cols) + b;
+        for (int t = 0; t < n_tok; t++)
+            y[(size_t)t * ldy + (size_t)r] = dot_f32(wr, xp + (size_t)t * ldxp, W->cols) + b;
     }
 }
 
@@ -249,7 +250,8 @@ void bmi_cpu_matmul(const bmi_cpu_path *path, bmi_pool *pool, float *pack, const
     int threads = bmi_pool_size(pool);
     if (n_tok >= 32 && pool) bmi_pool_run(pool, (n_tok + 15) / 16, pack_task, &j);
     else
-        for (int t = 0; t < n_tok; t++) path->pack(W->dtype, x + (size_t)t * (size_t)ldx, W->cols, pack + (size_t)t * j.ldxp);
+        for (int t = 0; t < n_tok; t++)
+            path->pack(W->dtype, x + (size_t)t * (size_t)ldx, W->cols, pack + (size_t)t * j.ldxp);
     /* Few tokens: stream the weights once, cut into enough row ranges to keep
      * every thread busy. Many tokens: blocks of tokens whose packed rows fit in
      * L2, each block against every row range. */

@@ -226,7 +226,8 @@ static void matvec_bf16(const uint16_t *w, size_t ldw, int r0, int r1, int K, co
         int k = 0;
         for (; k + 32 <= K; k += 32) {
             _mm_prefetch((const char *)(p + k) + PREFETCH_AHEAD, _MM_HINT_T0);
-            __m256i v0 = _mm256_loadu_si256((const __m256i *)(p + k)), v1 = _mm256_loadu_si256((const __m256i *)(p + k + 16));
+            __m256i v0 = _mm256_loadu_si256((const __m256i *)(p + k)),
+                    v1 = _mm256_loadu_si256((const __m256i *)(p + k + 16));
             a0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v0, 16)), _mm256_load_ps(x + k), a0);
             a1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v0, hi)), _mm256_load_ps(x + k + 8), a1);
             a2 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v1, 16)), _mm256_load_ps(x + k + 16), a2);
@@ -325,7 +326,8 @@ INLINE void conv_block(int c, int n, int n_tok, const int K, const float *x, siz
                        const float *b, float *hist, float *u, size_t ldu) {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), m = tail8(n);
     const __m256 mf = _mm256_castsi256_ps(m);
-    const __m256i wi = _mm256_mullo_epi32(lane, _mm256_set1_epi32(K)), hi = _mm256_mullo_epi32(lane, _mm256_set1_epi32(K - 1));
+    const __m256i wi = _mm256_mullo_epi32(lane, _mm256_set1_epi32(K)),
+                  hi = _mm256_mullo_epi32(lane, _mm256_set1_epi32(K - 1));
     const float *wb = w + (size_t)c * (size_t)K;
     float *hb = hist + (size_t)c * (size_t)(K - 1);
     __m256 wk[CONV_MAX_K], win[CONV_MAX_K];

@@ -113,7 +113,8 @@ INLINE __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
     __m512 v = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xDD));
     v = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4E));
     v = _mm512_add_ps(v, _mm512_permute_ps(v, 0xB1));
-    return _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), v));
+    return _mm512_castps512_ps128(
+        _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), v));
 }
 
 /* y[t*ldy + r] = acc[r][t] + bias[r] for r < R, t < T. */
@@ -364,7 +365,8 @@ static void avx512_glu(float *a, int F, int gated, bm_activation act) {
 INLINE void conv_block(int c, __mmask16 m, int n_tok, const int K, const float *x, size_t ldx, const float *w,
                        const float *b, float *hist, float *u, size_t ldu) {
     const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m512i wi = _mm512_mullo_epi32(lane, _mm512_set1_epi32(K)), hi = _mm512_mullo_epi32(lane, _mm512_set1_epi32(K - 1));
+    const __m512i wi = _mm512_mullo_epi32(lane, _mm512_set1_epi32(K)),
+                  hi = _mm512_mullo_epi32(lane, _mm512_set1_epi32(K - 1));
     const float *wb = w + (size_t)c * (size_t)K;
     float *hb = hist + (size_t)c * (size_t)(K - 1);
     __m512 wk[CONV_MAX_K], win[CONV_MAX_K];
