@@ -449,10 +449,11 @@ BM_API bm_status bm_model_load(const char *path, const bm_model_params *params, 
     bmi_config config;
     bmi_tensor_table table = {0};
     if ((st = bmi_config_read(config_path, &config))) return st;
+    /* The readers name the file in their messages; binding errors get it here. */
     st = is_torch ? bmi_read_torch(weights_path, &table) : bmi_read_safetensors(weights_path, &table);
-    if (st == BM_OK) st = bmi_model_create(&config, &table, p, out);
-    if (st) {
+    if (st == BM_OK && (st = bmi_model_create(&config, &table, p, out)) != BM_OK)
         bmi_error_context("%s", weights_path);
+    if (st) {
         bmi_table_free(&table);
         bmi_config_free(&config);
         return st;

@@ -86,3 +86,18 @@ int64_t bmi_tensor_numel(const bmi_tensor *t) {
     }
     return n;
 }
+
+bm_status bmi_read_mapped(const char *path, bmi_parse_fn parse, bmi_tensor_table *out) {
+    if (!path || !out) return bmi_fail(BM_ERR_INVALID_ARGUMENT, "reading tensors: NULL argument");
+    memset(out, 0, sizeof *out);
+    bmi_mapping map;
+    bm_status st = bmi_map_file(path, &map);
+    if (st != BM_OK) return st;
+    if ((st = parse(map.addr, map.len, out)) != BM_OK) {
+        bmi_unmap(&map);
+        bmi_error_context("%s", path);
+        return st;
+    }
+    out->map = map;
+    return BM_OK;
+}

@@ -56,4 +56,9 @@ bm_status bmi_read_torch(const char *path, bmi_tensor_table *out);
 bm_status bmi_parse_safetensors(const void *data, size_t len, bmi_tensor_table *out);
 bm_status bmi_parse_torch(const void *data, size_t len, bmi_tensor_table *out);
 
+/* Map `path` and run one of the parsers over it; on success the table owns
+ * the mapping, on failure the message is prefixed with the path. */
+typedef bm_status (*bmi_parse_fn)(const void *data, size_t len, bmi_tensor_table *out);
+bm_status bmi_read_mapped(const char *path, bmi_parse_fn parse, bmi_tensor_table *out);
+
 #endif

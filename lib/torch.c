@@ -304,17 +304,5 @@ bm_status bmi_parse_torch(const void *data, size_t len, bmi_tensor_table *out) {
 }
 
 bm_status bmi_read_torch(const char *path, bmi_tensor_table *out) {
-    if (!path || !out) return bmi_fail(BM_ERR_INVALID_ARGUMENT, "bmi_read_torch: NULL argument");
-    memset(out, 0, sizeof *out);
-    bmi_mapping map;
-    bm_status st = bmi_map_file(path, &map);
-    if (st != BM_OK) return st;
-    st = bmi_parse_torch(map.addr, map.len, out);
-    if (st != BM_OK) {
-        bmi_unmap(&map);
-        bmi_error_context("%s", path);
-        return st;
-    }
-    out->map = map;
-    return BM_OK;
+    return bmi_read_mapped(path, bmi_parse_torch, out);
 }
