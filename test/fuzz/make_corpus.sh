@@ -6,7 +6,7 @@
 #
 # SHARED is the fixture tree (../shared), OUT receives one directory per fuzz
 # target (OUT/safetensors, OUT/torch, OUT/config, OUT/state, OUT/tokenizer_json,
-# OUT/tokenize), BUILD is a build directory holding bm-mkmodel and
+# OUT/tokenize, OUT/weights), BUILD is a build directory holding bm-mkmodel and
 # bm-generate (default build). Seeds that need something missing (a fixture,
 # a tool, python3) are skipped with a note on stderr; the committed corpora in
 # test/fuzz/corpus/ are used either way.
@@ -16,6 +16,8 @@
 #                   three micro models (a few KB: fast to fuzz) from bm-mkmodel
 #   torch           the fixtures' pytorch_model.bin and the micro models'
 #   config          the fixtures' and micro models' config.json
+#   weights         micro models 1 and 2 in both formats, each behind the byte
+#                   that makes fuzz_weights use its configuration
 #   state           states saved by bm-generate from both fixtures (the
 #                   tiny-bf16 ones are another model's: the mismatch paths)
 #   tokenizer_json  the real tokenizer.json and two cut-down copies of it (a
@@ -27,7 +29,7 @@ out=${2:?usage: make_corpus.sh SHARED OUT [BUILD]}
 build=${3:-build}
 note() { echo "make_corpus: $*" >&2; }
 
-for t in safetensors torch config state tokenizer_json tokenize; do
+for t in safetensors torch config state tokenizer_json tokenize weights; do
     rm -rf "$out/$t"
     mkdir -p "$out/$t"
 done
@@ -64,6 +66,12 @@ if [ -x "$build/bm-mkmodel" ]; then
             cp "$tmp/m$i/model.safetensors" "$out/safetensors/micro$i.safetensors"
             cp "$tmp/m$i/pytorch_model.bin" "$out/torch/micro$i.bin"
             cp "$tmp/m$i/config.json" "$out/config/micro$i.json"
+            # fuzz_weights: a byte choosing the configuration, then the file.
+            if [ $i -le 2 ]; then
+                sel=$(printf '\\%03o' $((i - 1)))
+                { printf "$sel"; cat "$tmp/m$i/model.safetensors"; } >"$out/weights/micro$i-safetensors"
+                { printf "$sel"; cat "$tmp/m$i/pytorch_model.bin"; } >"$out/weights/micro$i-torch"
+            fi
         else
             note "bm-mkmodel $args failed"
         fi
