@@ -731,7 +731,10 @@ static bm_status store_text(bm_tokenizer *t, const void *s, size_t n, struct spa
     if (t->text.len > UINT32_MAX - n) return bmi_fail(BM_ERR_FORMAT, "tokenizer text is too large");
     where->off = (uint32_t)t->text.len;
     where->len = (uint32_t)n;
-    if (!buf_append(&t->text, s, n)) return bmi_fail(BM_ERR_OUT_OF_MEMORY, "out of memory loading the tokenizer");
+    /* Room for one byte first, so that text.data is an object even when every
+     * text so far is empty (spans are added to it; NULL + 0 is undefined). */
+    if (!grow_array((void **)&t->text.data, &t->text.cap, 1, 1) || !buf_append(&t->text, s, n))
+        return bmi_fail(BM_ERR_OUT_OF_MEMORY, "out of memory loading the tokenizer");
     return BM_OK;
 }
 
