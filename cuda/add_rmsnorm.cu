@@ -33,15 +33,24 @@ __global__ void __launch_bounds__(NORM_THREADS) add_rmsnorm_kernel(bmc_norm_args
         int k = threadIdx.x + i * NORM_THREADS;
         if (k >= d) continue;
         size_t o = (size_t)r * d + k;
+        const size_t lo = (size_t)a.lo_rows * d;
         if (a.w_a) {
             float y = v[i] * scale * a.w_a[k];
             if (a.out_a_f32) a.out_a_f32[o] = y;
-            if (a.out_a_16) ((A *)a.out_a_16)[o] = bmc_from_float<A>(y);
+            if (a.out_a_16) {
+                const A hi = bmc_from_float<A>(y);
+                ((A *)a.out_a_16)[o] = hi;
+                if (lo) ((A *)a.out_a_16)[o + lo] = bmc_from_float<A>(y - bmc_to_float<A>(hi));
+            }
         }
         if (a.w_b) {
             float y = v[i] * scale * a.w_b[k];
             if (a.out_b_f32) a.out_b_f32[o] = y;
-            if (a.out_b_16) ((A *)a.out_b_16)[o] = bmc_from_float<A>(y);
+            if (a.out_b_16) {
+                const A hi = bmc_from_float<A>(y);
+                ((A *)a.out_b_16)[o] = hi;
+                if (lo) ((A *)a.out_b_16)[o + lo] = bmc_from_float<A>(y - bmc_to_float<A>(hi));
+            }
         }
     }
 }

@@ -273,7 +273,14 @@ static bm_status model_init(bm_model *m, const bm_model_params *p) {
          * decode; measured slower on the H100 (docs/PERF.md), so off. */
         env = getenv("BM_CUDA_L2_PREFETCH");
         cm->l2_prefetch = prop.major >= 9 && env && env[0] == '1';
+        /* Batches from this many streams up take the row path (GEMMs over the
+         * rows); below, the GEMV path. Measured crossover: docs/PERF.md. */
+        env = getenv("BM_CUDA_ROWS_MIN");
+        cm->rows_min = env && atoi(env) > 0 ? atoi(env) : BMC_ROWS_MIN_DEFAULT;
     }
+    cm->max_experts = 1;
+    for (int i = 0; i < c->n_layers; i++)
+        if (c->layers[i].n_experts > cm->max_experts) cm->max_experts = c->layers[i].n_experts;
     u.dry = 1;
     upload_model(&u, m, cm);
     cm->pool_bytes = u.used;
@@ -384,6 +391,7 @@ static void session_release(bm_session *s) {
     for (int i = 0; i <= BMC_MAX_STEP_ROWS; i++)
         for (int j = 0; j < 2; j++)
             if (cs->graphs[i][j]) cudaGraphExecDestroy(cs->graphs[i][j]);
+    bmc_rows_release(cs);
     if (cs->inputs_consumed) cudaEventDestroy(cs->inputs_consumed);
     if (cs->ps.mem) cudaFree(cs->ps.mem);
     if (cs->step_mem) cudaFree(cs->step_mem);
@@ -478,6 +486,11 @@ static bm_status prefill(bm_session *s, bm_state *st, const int32_t *tokens, siz
     return bmc_forward_prefill(s, st, tokens, n, logits, all_positions);
 }
 
+static bm_status prefill_batch(bm_session *s, bm_state *const *states, const int32_t *const *tokens,
+                               const size_t *n_tokens, size_t n, float *logits) {
+    return bmc_forward_prefill_batch(s, states, tokens, n_tokens, n, logits);
+}
+
 static bm_status step_batch(bm_session *s, bm_state *const *states, const int32_t *tokens, size_t n, float *logits) {
     return bmc_forward_step_batch(s, states, tokens, n, logits);
 }
@@ -514,7 +527,7 @@ const bmi_backend bmi_cuda_backend = {
     /* .session_release = */ session_release,
     /* .prefill = */ prefill,
     /* .step_batch = */ step_batch,
-    /* .prefill_batch = */ NULL, /* the host runs the prompts one by one; each is one large prefill */
+    /* .prefill_batch = */ prefill_batch,
     /* .step_batch_sample = */ step_batch_sample,
 };
 

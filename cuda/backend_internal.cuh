@@ -44,6 +44,10 @@ typedef struct dev_layer {
 
 typedef struct cuda_model {
     int device, wtype, sm_count, pdl, fuse_routing, l2_prefetch;
+    /* Decode batches of at least this many streams take the row path
+     * (forward_rows.cu); smaller ones the GEMV path. BM_CUDA_ROWS_MIN. */
+    int rows_min;
+    int max_experts;                  /* over the layers, at least 1 */
     char *pool;                       /* every weight, one allocation */
     size_t pool_bytes;
     const void *embedding, *lm_head;
@@ -61,6 +65,43 @@ typedef struct prefill_scratch {
     void *normed16, *moe16, *u16, *y16, *gathered16, *act16, *m16, *final16;
     int *expert_of, *order, *expert_start;
 } prefill_scratch;
+
+/* Decode row path (forward_rows.cu): a step of up to BMC_MAX_ROWS streams as
+ * GEMMs over the rows, padded to a bucket size; one graph per bucket. */
+#define BMC_ROW_BUCKETS 15
+#define BMC_ROWS_MIN_DEFAULT 8
+#define BMC_MAX_ROWS 1024
+extern const int bmc_row_buckets[BMC_ROW_BUCKETS];
+
+typedef struct rows_scratch {
+    int cap;                          /* rows every buffer holds (a bucket size); 0 before first use */
+    char *mem;
+    int32_t *tokens, *sampled;
+    float **state_ptrs;               /* NULL for the padding rows */
+    int *n_dev;                       /* live rows of this step */
+    double *u;                        /* the sampler's draws */
+    float *res, *h, *normed_moe, *xz, *xdbl, *delta, *gate, *eout, *logits;
+    void *normed16, *moe16, *u16, *y16, *act16, *m16, *final16;
+    int *expert_of, *order;
+    int *expert_start;                /* [n_layers][max_experts + 1]: each MoE layer keeps its own */
+    /* pinned host staging, BMC_MAX_ROWS rows */
+    char *pinned;
+    int32_t *h_tokens, *h_sampled;
+    float **h_state_ptrs;
+    int *h_n;
+    double *h_u;
+    cudaGraphExec_t graphs[BMC_ROW_BUCKETS][2];
+    int eager_runs[BMC_ROW_BUCKETS][2]; /* a bucket runs eagerly once (loads modules, asks heuristics), then is captured */
+    int last_rows;                    /* rows of the last row-path step, 0 when the last step took the GEMV path */
+    /* BM_CUDA_ROWS_PROFILE=1: every step runs eagerly with an event after
+     * each operation; the time per kind of operation and bucket is printed
+     * to stderr when the session is freed (a measurement aid) */
+    int profile;
+    cudaEvent_t *ev;
+    int *ev_kind, n_ev, cap_ev;
+    double prof_ms[BMC_ROW_BUCKETS][12];
+    int prof_steps[BMC_ROW_BUCKETS];
+} rows_scratch;
 
 typedef struct cuda_session {
     cudaStream_t stream;
@@ -82,6 +123,7 @@ typedef struct cuda_session {
     cudaEvent_t inputs_consumed;
     cudaGraphExec_t graphs[BMC_MAX_STEP_ROWS + 1][2];
     prefill_scratch ps;
+    rows_scratch rs;
 } cuda_session;
 
 bm_status bmc_fail_cuda(cudaError_t e, const char *what);
@@ -92,6 +134,20 @@ bm_status bmc_fail_cuda(cudaError_t e, const char *what);
     } while (0)
 
 /* forward.cu */
+bm_status bmc_forward_prefill_batch(bm_session *s, bm_state *const *states, const int32_t *const *tokens,
+                                    const size_t *n_tokens, size_t n, float *logits);
+/* One GEMM through the session's cuBLASLt handle (gemm.cu's bmc_gemm), errors as bm_status. */
+bm_status bmc_session_gemm(cuda_session *cs, cudaStream_t st, int m, int n_out, int k, const void *x, int ldx,
+                           int x_type, const void *W, int ldw, void *y, int ldy, int y_kind);
+/* bm_sample's argument rules for the device paths. */
+bm_status bmc_check_sampler(const bm_sampler_params *p, int V, const int32_t *recent, size_t n_recent);
+
+/* forward_rows.cu */
+bm_status bmc_rows_step_batch(bm_session *s, bm_state *const *states, const int32_t *tokens, size_t n, float *logits);
+bm_status bmc_rows_step_batch_sample(bm_session *s, bm_state *const *states, const int32_t *tokens, size_t n,
+                                     const bm_sampler_params *p, uint64_t *rngs, const int32_t *recent,
+                                     size_t n_recent, int32_t *out_tokens);
+void bmc_rows_release(cuda_session *cs);
 bm_status bmc_forward_prefill(bm_session *s, bm_state *st, const int32_t *tokens, size_t n, float *logits,
                               int all_positions);
 bm_status bmc_forward_step_batch(bm_session *s, bm_state *const *states, const int32_t *tokens, size_t n,

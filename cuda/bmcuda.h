@@ -39,6 +39,13 @@ size_t bmi_cuda_weight_bytes(const bm_model *m);
 bm_status bmi_cuda_step_sample(bm_session *s, bm_state *st, int32_t token, const bm_sampler_params *p,
                                uint64_t *rng, const int32_t *recent, size_t n_recent, int32_t *next);
 
+/* For bm-bench: what the session's last decode step read. *rows: streams
+ * of the last row-path step (0 when it took the GEMV path). *pairs: the
+ * (MoE layer, expert) pairs whose weights that step read, summed over the
+ * layers; -1 after a GEMV-path step, which keeps no routing. Waits for the
+ * device. */
+bm_status bmi_cuda_last_step_experts(bm_session *s, int *pairs, int *rows);
+
 /* For the sampler's tests: bm_sample's device version on `n` logits given
  * from the host. */
 bm_status bmi_cuda_sample_logits(int device, const float *logits, size_t n, const bm_sampler_params *p,

@@ -95,12 +95,26 @@ static bm_status reserve_prefill(cuda_session *cs, const bm_model *m, int rows) 
 
 /* ---- prefill ------------------------------------------------------------------- */
 
+/* One stream's share of a prefill chunk: rows [r0, r0 + T) of the chunk are
+ * its tokens (tokens[0..T)), in order, continuing its state. A chunk holds
+ * one segment (bm_prefill) or several packed back to back (bm_prefill_batch);
+ * a stream has at most one segment per chunk. */
+typedef struct prefill_seg {
+    float *state;
+    const int32_t *tokens;
+    int r0, T;
+    float *logits; /* NULL, or where the logits after the segment's last token go */
+    size_t stream; /* its index in the caller's arrays */
+} prefill_seg;
+
 typedef struct prefill_ctx {
     cuda_session *cs;
     const bm_model *m;
     cuda_model *cm;
     cudaStream_t st;
-    int T;
+    int T;                    /* rows of the chunk */
+    const prefill_seg *segs;
+    int n_segs;
 } prefill_ctx;
 
 #define KTRY(call, what)                                                                                           \
@@ -109,53 +123,67 @@ typedef struct prefill_ctx {
         if (e_ != cudaSuccess) return bmc_fail_cuda(e_, what);                                                     \
     } while (0)
 
-static bm_status gemm(prefill_ctx *p, int m, int n_out, int k, const void *x, int ldx, int x_type, const void *W,
-                      int ldw, void *y, int ldy, int y_kind) {
+bm_status bmc_session_gemm(cuda_session *cs, cudaStream_t st, int m, int n_out, int k, const void *x, int ldx,
+                           int x_type, const void *W, int ldw, void *y, int ldy, int y_kind) {
     bmc_gemm_args a = {m, n_out, k, x, ldx, x_type, W, ldw, y, ldy, y_kind};
     const char *what = "";
-    int r = bmc_gemm(p->cs->lt, p->cs->gemm_cache, p->cs->workspace, BMC_WORKSPACE_BYTES, &a, p->st, &what);
+    int r = bmc_gemm(cs->lt, cs->gemm_cache, cs->workspace, BMC_WORKSPACE_BYTES, &a, st, &what);
     if (r) return bmi_fail(BM_ERR_DEVICE, "cuBLASLt: %s failed with status %d (m %d, n %d, k %d)", what, r, m, n_out, k);
     return BM_OK;
 }
 
-static bm_status prefill_mamba(prefill_ctx *p, const dev_layer *L, float *state) {
+static bm_status gemm(prefill_ctx *p, int m, int n_out, int k, const void *x, int ldx, int x_type, const void *W,
+                      int ldw, void *y, int ldy, int y_kind) {
+    return bmc_session_gemm(p->cs, p->st, m, n_out, k, x, ldx, x_type, W, ldw, y, ldy, y_kind);
+}
+
+static bm_status prefill_mamba(prefill_ctx *p, const dev_layer *L) {
     const bmi_config *c = &p->m->config;
     const dev_mamba *w = &L->mamba;
     prefill_scratch *ps = &p->cs->ps;
     const int T = p->T, d = c->d_model, di = c->d_inner, R = c->dt_rank, N = c->d_state, xd = R + 2 * N;
     const int wt = p->cm->wtype;
-    float *conv = state + bmi_state_conv_offset(c, L->mamba_index);
-    float *ssm = state + bmi_state_ssm_offset(c, L->mamba_index);
+    const size_t es = 2; /* bytes of a 16-bit element */
     bm_status st;
     if ((st = gemm(p, T, 2 * di, d, ps->normed16, d, wt, w->in_proj, d, ps->xz, 2 * di, BMC_GEMM_OUT_F32))) return st;
     KTRY(bmc_add_bias(ps->xz, T, 2 * di, 2 * di, w->in_proj_bias, p->st), "in_proj bias");
-    KTRY(bmc_conv_prefill(ps->xz, 2 * di, T, di, c->d_conv, conv, w->conv_w, w->conv_b, ps->u, ps->u16, wt, p->st),
-         "conv");
+    /* the conv and the scan run per stream, on its rows and its state */
+    for (int i = 0; i < p->n_segs; i++) {
+        const prefill_seg *g = &p->segs[i];
+        float *conv = g->state + bmi_state_conv_offset(c, L->mamba_index);
+        KTRY(bmc_conv_prefill(ps->xz + (size_t)g->r0 * 2 * di, 2 * di, g->T, di, c->d_conv, conv, w->conv_w, w->conv_b,
+                              ps->u + (size_t)g->r0 * di, (char *)ps->u16 + (size_t)g->r0 * di * es, wt, p->st),
+             "conv");
+    }
     if ((st = gemm(p, T, xd, di, ps->u16, di, wt, w->x_proj, di, ps->xdbl, xd, BMC_GEMM_OUT_F32))) return st;
     if ((st = gemm(p, T, di, R, ps->xdbl, xd, BMC_GEMM_F32, w->dt_proj_f32, R, ps->delta, di, BMC_GEMM_OUT_F32)))
         return st;
-    bmc_scan_args s;
-    memset(&s, 0, sizeof s);
-    s.T = T;
-    s.di = di;
-    s.R = R;
-    s.N = N;
-    s.K = c->d_conv;
-    s.delta_raw = ps->delta;
-    s.dt_bias = w->dt_bias;
-    s.u = ps->u;
-    s.xdbl = ps->xdbl;
-    s.ldxdbl = xd;
-    s.xz = ps->xz;
-    s.ldxz = 2 * di;
-    s.A = w->A;
-    s.D = w->D;
-    s.conv_state = conv;
-    s.ssm_state = ssm;
-    s.y16 = ps->y16;
-    s.act_type = wt;
-    s.chunk_scratch = ps->chunk;
-    KTRY(bmc_scan_prefill(&s, p->st), "scan");
+    for (int i = 0; i < p->n_segs; i++) {
+        const prefill_seg *g = &p->segs[i];
+        const size_t r0 = (size_t)g->r0;
+        bmc_scan_args s;
+        memset(&s, 0, sizeof s);
+        s.T = g->T;
+        s.di = di;
+        s.R = R;
+        s.N = N;
+        s.K = c->d_conv;
+        s.delta_raw = ps->delta + r0 * di;
+        s.dt_bias = w->dt_bias;
+        s.u = ps->u + r0 * di;
+        s.xdbl = ps->xdbl + r0 * xd;
+        s.ldxdbl = xd;
+        s.xz = ps->xz + r0 * 2 * di;
+        s.ldxz = 2 * di;
+        s.A = w->A;
+        s.D = w->D;
+        s.conv_state = g->state + bmi_state_conv_offset(c, L->mamba_index);
+        s.ssm_state = g->state + bmi_state_ssm_offset(c, L->mamba_index);
+        s.y16 = (char *)ps->y16 + r0 * di * es;
+        s.act_type = wt;
+        s.chunk_scratch = ps->chunk;
+        KTRY(bmc_scan_prefill(&s, p->st), "scan");
+    }
     if ((st = gemm(p, T, d, di, ps->y16, di, wt, w->out_proj, di, ps->h, d, BMC_GEMM_OUT_F32))) return st;
     KTRY(bmc_add_bias(ps->h, T, d, d, w->out_proj_bias, p->st), "out_proj bias");
     return BM_OK;
@@ -234,14 +262,18 @@ static bm_status prefill_logits(prefill_ctx *p, int r0, int rows, float *out) {
     return BM_OK;
 }
 
-static bm_status prefill_chunk(prefill_ctx *p, float *state, const int32_t *tokens, float *logits, int all_positions) {
+/* One chunk: the segments' tokens packed into T rows. all_positions (one
+ * segment only): logits of every row to `logits`; otherwise each segment's
+ * own logits pointer gets its last row's logits. */
+static bm_status prefill_chunk(prefill_ctx *p, float *logits, int all_positions) {
     const bmi_config *c = &p->m->config;
     cuda_session *cs = p->cs;
     prefill_scratch *ps = &cs->ps;
     const int T = p->T, d = c->d_model;
     /* The pinned token buffer may still feed the previous chunk's copy. */
     KTRY(cudaStreamSynchronize(p->st), "waiting for the previous chunk");
-    memcpy(cs->h_prefill_tokens, tokens, (size_t)T * sizeof(int32_t));
+    for (int i = 0; i < p->n_segs; i++)
+        memcpy(cs->h_prefill_tokens + p->segs[i].r0, p->segs[i].tokens, (size_t)p->segs[i].T * sizeof(int32_t));
     KTRY(cudaMemcpyAsync(ps->tokens, cs->h_prefill_tokens, (size_t)T * sizeof(int32_t), cudaMemcpyHostToDevice, p->st),
          "copying tokens");
     KTRY(bmc_embed(ps->tokens, T, p->cm->embedding, p->cm->wtype, d, ps->h, ps->res, p->st, 0), "embedding");
@@ -268,13 +300,15 @@ static bm_status prefill_chunk(prefill_ctx *p, float *state, const int32_t *toke
         }
         KTRY(bmc_add_rmsnorm(&na, p->st), "residual add and norm");
         bm_status st;
-        if (L->has_mamba && (st = prefill_mamba(p, L, state))) return st;
+        if (L->has_mamba && (st = prefill_mamba(p, L))) return st;
         if (L->n_experts > 0 && (st = prefill_moe(p, L, parallel))) return st;
     }
-    if (logits) {
-        bm_status st = all_positions ? prefill_logits(p, 0, T, logits) : prefill_logits(p, T - 1, 1, logits);
-        if (st) return st;
-    }
+    if (logits && all_positions) return prefill_logits(p, 0, T, logits);
+    for (int i = 0; i < p->n_segs; i++)
+        if (p->segs[i].logits) {
+            bm_status st = prefill_logits(p, p->segs[i].r0 + p->segs[i].T - 1, 1, p->segs[i].logits);
+            if (st) return st;
+        }
     return BM_OK;
 }
 
@@ -288,7 +322,8 @@ bm_status bmc_forward_prefill(bm_session *s, bm_state *st, const int32_t *tokens
     const int chunk = n < BMC_PREFILL_ROWS ? (int)n : BMC_PREFILL_ROWS;
     bm_status r = reserve_prefill(cs, m, chunk);
     if (r) return r;
-    prefill_ctx p = {cs, m, cm, cs->stream, 0};
+    prefill_seg seg;
+    prefill_ctx p = {cs, m, cm, cs->stream, 0, &seg, 1};
     for (size_t done = 0; done < n;) {
         if (done > 0 && s->cancel && s->cancel(s->cancel_data)) {
             cudaStreamSynchronize(cs->stream);
@@ -296,14 +331,83 @@ bm_status bmc_forward_prefill(bm_session *s, bm_state *st, const int32_t *tokens
         }
         p.T = n - done < (size_t)chunk ? (int)(n - done) : chunk;
         const int last = done + (size_t)p.T == n;
-        float *out = all_positions && logits ? logits + done * V : (last ? logits : NULL);
-        if ((r = prefill_chunk(&p, (float *)st->data, tokens + done, out, all_positions && logits))) {
+        seg.state = (float *)st->data;
+        seg.tokens = tokens + done;
+        seg.r0 = 0;
+        seg.T = p.T;
+        seg.logits = !all_positions && last ? logits : NULL;
+        seg.stream = 0;
+        if ((r = prefill_chunk(&p, all_positions && logits ? logits + done * V : NULL, all_positions && logits))) {
             cudaStreamSynchronize(cs->stream);
             return r;
         }
         done += (size_t)p.T;
         st->n_tokens += (uint64_t)p.T;
     }
+    BMC_TRY(cudaStreamSynchronize(cs->stream), "prefill");
+    return BM_OK;
+}
+
+/* Several streams' prompts packed into chunks of up to BMC_PREFILL_ROWS rows
+ * (no padding): the GEMMs, norms and MoE run over all rows of a chunk at
+ * once; the conv and the scan per stream. A prompt longer than the room left
+ * in a chunk continues at the start of the next one, so each stream's tokens
+ * go through in order and its state ends as a lone prefill leaves it (the
+ * same kernels; only the GEMM tiles group other rows). Cancellation is
+ * checked between chunks: each state is then advanced by the whole segments
+ * that ran, and its n_tokens says how far. */
+bm_status bmc_forward_prefill_batch(bm_session *s, bm_state *const *states, const int32_t *const *tokens,
+                                    const size_t *n_tokens, size_t n, float *logits) {
+    cuda_session *cs = (cuda_session *)s->backend_ctx;
+    const bm_model *m = s->model;
+    cuda_model *cm = model_ctx(m);
+    const size_t V = (size_t)m->config.vocab_size;
+    BMC_TRY(cudaSetDevice(cm->device), "cudaSetDevice");
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) total += n_tokens[i];
+    const int cap = total < BMC_PREFILL_ROWS ? (int)total : BMC_PREFILL_ROWS;
+    bm_status r = reserve_prefill(cs, m, cap);
+    if (r) return r;
+    const size_t max_segs = n < (size_t)cap ? n : (size_t)cap;
+    prefill_seg *segs = (prefill_seg *)bmi_malloc(max_segs * sizeof *segs);
+    if (!segs) return bmi_fail(BM_ERR_OUT_OF_MEMORY, "out of memory for %zu prefill segments", max_segs);
+    prefill_ctx p = {cs, m, cm, cs->stream, 0, segs, 0};
+    size_t stream = 0, offset = 0, done = 0;
+    while (stream < n) {
+        if (done > 0 && s->cancel && s->cancel(s->cancel_data)) {
+            cudaStreamSynchronize(cs->stream);
+            bmi_free(segs);
+            return bmi_fail(BM_ERR_CANCELLED, "bm_prefill_batch cancelled after %zu of %zu tokens", done, total);
+        }
+        int rows = 0, k = 0;
+        while (stream < n && rows < cap) {
+            const size_t left = n_tokens[stream] - offset;
+            const int take = left < (size_t)(cap - rows) ? (int)left : cap - rows;
+            prefill_seg *g = &segs[k++];
+            g->state = (float *)states[stream]->data;
+            g->tokens = tokens[stream] + offset;
+            g->r0 = rows;
+            g->T = take;
+            g->logits = logits && offset + (size_t)take == n_tokens[stream] ? logits + stream * V : NULL;
+            g->stream = stream;
+            rows += take;
+            offset += (size_t)take;
+            if (offset == n_tokens[stream]) {
+                stream++;
+                offset = 0;
+            }
+        }
+        p.T = rows;
+        p.n_segs = k;
+        if ((r = prefill_chunk(&p, NULL, 0))) {
+            cudaStreamSynchronize(cs->stream);
+            bmi_free(segs);
+            return r;
+        }
+        for (int i = 0; i < k; i++) states[segs[i].stream]->n_tokens += (uint64_t)segs[i].T;
+        done += (size_t)rows;
+    }
+    bmi_free(segs);
     BMC_TRY(cudaStreamSynchronize(cs->stream), "prefill");
     return BM_OK;
 }
@@ -592,6 +696,8 @@ bm_status bmc_forward_step_batch(bm_session *s, bm_state *const *states, const i
     cuda_session *cs = (cuda_session *)s->backend_ctx;
     const bm_model *m = s->model;
     const size_t V = (size_t)m->config.vocab_size;
+    if (n >= (size_t)model_ctx(m)->rows_min) return bmc_rows_step_batch(s, states, tokens, n, logits);
+    cs->rs.last_rows = 0;
     BMC_TRY(cudaSetDevice(model_ctx(m)->device), "cudaSetDevice");
     for (size_t done = 0; done < n; done += BMC_MAX_STEP_ROWS) {
         const int nb = n - done < BMC_MAX_STEP_ROWS ? (int)(n - done) : BMC_MAX_STEP_ROWS;
@@ -610,7 +716,7 @@ bm_status bmc_forward_step_batch(bm_session *s, bm_state *const *states, const i
 
 /* bm_sample's argument rules (blackmamba.h), for the device path, which
  * does not pass through bm_sample. */
-static bm_status check_sampler(const bm_sampler_params *p, int V, const int32_t *recent, size_t n_recent) {
+bm_status bmc_check_sampler(const bm_sampler_params *p, int V, const int32_t *recent, size_t n_recent) {
     if (p->size != sizeof *p) return bmi_fail(BM_ERR_INVALID_ARGUMENT, "bm_sample: unknown params size %u", p->size);
     for (size_t i = 0; i < sizeof p->reserved / sizeof p->reserved[0]; i++)
         if (p->reserved[i]) return bmi_fail(BM_ERR_INVALID_ARGUMENT, "bm_sample: params reserved[%zu] is not zero", i);
@@ -646,8 +752,11 @@ bm_status bmc_forward_step_batch_sample(bm_session *s, bm_state *const *states, 
         defaults.repeat_penalty = 1.0f;
         p = &defaults;
     }
-    bm_status r = check_sampler(p, V, recent, n_recent);
+    bm_status r = bmc_check_sampler(p, V, recent, n_recent);
     if (r) return r;
+    if (n >= (size_t)model_ctx(m)->rows_min)
+        return bmc_rows_step_batch_sample(s, states, tokens, n, p, rngs, recent, n_recent, out_tokens);
+    cs->rs.last_rows = 0;
     const int n_valid = p->n_vocab_valid > 0 ? p->n_vocab_valid : V;
     const int device_ok = n_recent <= BMC_SAMPLE_MAX_RECENT &&
                           (p->temperature == 0.0f || (p->top_k > 0 && p->top_k <= BMC_SAMPLE_MAX_K) ||

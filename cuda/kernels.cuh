@@ -47,6 +47,10 @@ typedef struct bmc_norm_args {
     float *out_b_f32;
     void *out_b_16;
     int act_type; /* 16-bit output type: BMC_BF16 or BMC_F16 */
+    /* > 0: each 16-bit output also gets the rounding remainder, bf16(y - hi),
+     * lo_rows rows further on (f32-grade inputs for the decode row path's
+     * GEMMs, which multiply both halves) */
+    int lo_rows;
 } bmc_norm_args;
 cudaError_t bmc_add_rmsnorm(const bmc_norm_args *a, cudaStream_t stream);
 
@@ -61,6 +65,7 @@ cudaError_t bmc_add_layernorm(const float *res, const float *h, int r0, int rows
  * f32 x and W in TF32 (x_type = BMC_GEMM_F32). y is f32 or 16-bit. The
  * heuristic's choice is cached per shape in `cache`. */
 #define BMC_GEMM_F32 2
+#define BMC_GEMM_F32_EXACT 3 /* f32 x and W in full f32 (no TF32) */
 #define BMC_GEMM_OUT_F32 0
 #define BMC_GEMM_OUT_16 1
 typedef struct bmc_gemm_cache bmc_gemm_cache;
@@ -80,6 +85,12 @@ typedef struct bmc_gemm_args {
 /* Returns a cuBLAS status (0 = success) and fills *what with the call that failed. */
 int bmc_gemm(void *lt_handle, bmc_gemm_cache *cache, void *workspace, size_t workspace_bytes, const bmc_gemm_args *a,
              cudaStream_t stream, const char **what);
+
+/* ---- fold_rows.cu ----------------------------------------------------------- */
+/* y[r, j] += y[r + lo_rows, j] (+ bias[j]) for r < rows, j < n (f32, stride
+ * ldy): the decode row path's GEMMs multiply the hi and lo halves of their
+ * inputs as separate rows; this adds the two partial products. */
+cudaError_t bmc_fold_rows(float *y, int rows, int n, int ldy, int lo_rows, const float *bias, cudaStream_t stream);
 
 /* ---- bias.cu --------------------------------------------------------------- */
 /* y[t, j] += bias[j] for t < rows, j < n (f32 y with row stride ldy). */
@@ -200,14 +211,90 @@ typedef struct bmc_step_scan_args {
     const float *dt_bias, *A, *D;
     float *const *state_ptrs;
     long long ssm_offset;
-    float *y;               /* [nb, di] */
+    float *y;               /* [nb, di] f32, or NULL when y16 is set */
     const void *prefetch;   /* weights a later kernel reads, fetched into L2 now */
     size_t prefetch_bytes;
+    /* Row path (many streams): delta before bias and softplus comes from a
+     * GEMM ([nb, di]) instead of the in-kernel dt_proj dot product, and y is
+     * written as 16-bit (y16, act_type) for the out_proj GEMM. A row whose
+     * state pointer is NULL is padding: its state is not touched and its y
+     * is zero. */
+    const float *delta_raw;
+    void *y16;
+    int act_type;
+    int y_lo_rows; /* > 0: y16 also gets bf16(y - hi) at row b + y_lo_rows */
 } bmc_step_scan_args;
 /* One token per stream: delta = softplus(dt_proj . dt + bias), the state
  * update, y = C . s + D u, gated by SiLU(z); each state entry read and
  * written once. */
 cudaError_t bmc_scan_step(const bmc_step_scan_args *a, int wtype, cudaStream_t stream, int pdl);
+
+/* ---- conv_step.cu ---------------------------------------------------------- */
+/* Row path: the causal conv of one token per stream. For row b < nb and
+ * channel c < di: x = xz[b * ldxz + c] (in_proj output, bias included),
+ * u = SiLU(conv_b[c] + sum_k w[c, k] hist[k] + w[c, K-1] x) with the
+ * stream's conv history (state_ptrs[b] + conv_offset, [di, K-1] oldest
+ * first), which then shifts in x. u replaces x in xz (f32, for the scan) and
+ * is written as 16-bit to u16 [nb, di] (for x_proj). NULL state pointer:
+ * padding, u = 0, no state touched. */
+typedef struct bmc_conv_step_args {
+    int nb, di, K;
+    float *xz;
+    int ldxz;
+    /* > 0: xz holds two partial products (the in_proj GEMM of the hi and lo
+     * halves of its input), row b and row b + lo_rows: both x and z are
+     * summed into row b first; u16 gets hi at row b, lo at row b + lo_rows */
+    int lo_rows;
+    void *u16;
+    int act_type;
+    float *const *state_ptrs;
+    long long conv_offset;
+    const float *conv_w, *conv_b;
+} bmc_conv_step_args;
+cudaError_t bmc_conv_step(const bmc_conv_step_args *a, cudaStream_t stream);
+
+/* ---- moe_gemm.cu ------------------------------------------------------------- */
+/* Row path MoE: a grouped GEMM over rows sorted by expert. Rows
+ * [expert_start[e], expert_start[e+1]) of the sorted order use expert e
+ * (expert_start on the device, E+1 ints: no host round trip). Sorted row r
+ * reads its input from X[(x_rows ? x_rows[r] : r) * ldx]. Tensor cores (16-bit
+ * operands, f32 accumulation); each block computes one tile of rows of one
+ * expert against a tile of that expert's output features, so an expert's
+ * weights are streamed once per tile of rows (once per step below 64 rows).
+ * expert_start NULL: a dense MLP, all max_rows rows with "expert" 0.
+ * x_lo_rows > 0: the input is f32 split in two 16-bit halves, hi + lo, the
+ * lo row x_lo_rows rows after the hi row; both are multiplied (f32-grade
+ * activations, weights read once). y_lo_rows > 0: 16-bit outputs are
+ * written the same way.
+ * Epilogues:
+ *  - BMC_MOE_GATED (fc1, swiglu): W has 2*N rows; y16[r, f] = act(a_f + b_f) * (a_{N+f} + b_{N+f});
+ *  - BMC_MOE_ACT (fc1): y16[r, n] = act(a_n + b_n);
+ *  - BMC_MOE_SCATTER (fc2): t = y_rows[r] (NULL: r), y[t, n] (+)= gates[t] (NULL: 1) * (a_n + b_n), f32.
+ * bias: NULL or per expert (bias_stride floats apart). */
+#define BMC_MOE_GATED 0
+#define BMC_MOE_ACT 1
+#define BMC_MOE_SCATTER 2
+typedef struct bmc_moe_gemm_args {
+    int mode, N, K, E;
+    int max_rows;            /* rows in the sorted order at most (sizes the grid) */
+    const void *X;
+    int ldx;
+    const int *x_rows;
+    int x_lo_rows, y_lo_rows;
+    const void *W;           /* expert 0; experts expert_stride elements apart, each [rows_w, K] */
+    long long expert_stride;
+    const int *expert_start;
+    const float *bias;
+    long long bias_stride;
+    int act;                 /* BM_ACTIVATION_GELU / SILU */
+    void *y;                 /* y16 (GATED, ACT) or f32 (SCATTER) */
+    int ldy;
+    const int *y_rows;       /* SCATTER */
+    const float *gates;      /* SCATTER */
+    int add;                 /* SCATTER: add to y (parallel layers) */
+    int variant;             /* 0: tile shape chosen from the rows per expert; 1..8: forced (harness timings) */
+} bmc_moe_gemm_args;
+cudaError_t bmc_moe_gemm(const bmc_moe_gemm_args *a, int wtype, cudaStream_t stream);
 
 /* ---- router_step.cu -------------------------------------------------------- */
 typedef struct bmc_router_step_args {
@@ -239,6 +326,13 @@ cudaError_t bmc_router_step(const bmc_router_step_args *a, cudaStream_t stream, 
 cudaError_t bmc_route_prefill(const float *normed, int T, int d, const float *router_w, const float *router_b, int E,
                               int *expert_of, float *gate, int *order, int *expert_start, int *host_starts,
                               cudaStream_t stream);
+/* The same for the decode row path: only the first *n_dev of T rows (the
+ * count is on the device; the rest are padding) are routed and grouped;
+ * order[i] = i for the padding positions i >= *n_dev, expert_start[E] =
+ * *n_dev. Nothing is copied to the host. */
+cudaError_t bmc_route_rows(const float *normed, int T, const int *n_dev, int d, const float *router_w,
+                           const float *router_b, int E, int *expert_of, float *gate, int *order, int *expert_start,
+                           cudaStream_t stream);
 
 /* ---- moe_rows.cu ----------------------------------------------------------- */
 /* dst[i] = src[order[i]] for i < rows (16-bit rows of d). */
@@ -277,6 +371,7 @@ typedef struct bmc_sample_args {
     const int32_t *recent;
     int n_recent;
     double u[BMC_MAX_STEP_ROWS];
+    const double *u_dev;   /* NULL: u above (rows <= BMC_MAX_STEP_ROWS); else [rows] on the device, any rows */
     int32_t *tokens;       /* [rows] */
 } bmc_sample_args;
 cudaError_t bmc_sample(const bmc_sample_args *a, cudaStream_t stream);

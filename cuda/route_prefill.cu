@@ -12,9 +12,10 @@
  * block's ROUTE_TOKENS_PER_BLOCK tokens. */
 #define ROUTE_TOKENS_PER_BLOCK 16
 #define ROUTE_SMEM_LIMIT (96 * 1024)
-__global__ void __launch_bounds__(ROUTE_THREADS) route_kernel(const float *normed, int T, int d, const float *W,
-                                                              const float *bias, int E, int *expert_of, float *gate,
-                                                              int w_in_smem) {
+__global__ void __launch_bounds__(ROUTE_THREADS) route_kernel(const float *normed, int T, const int *n_dev, int d,
+                                                              const float *W, const float *bias, int E, int *expert_of,
+                                                              float *gate, int w_in_smem) {
+    if (n_dev && blockIdx.x * ROUTE_TOKENS_PER_BLOCK >= *n_dev) return; /* only padding rows here */
     extern __shared__ float4 route_smem[];
     float *ws = reinterpret_cast<float *>(route_smem);
     if (w_in_smem) {
@@ -48,9 +49,12 @@ __global__ void __launch_bounds__(ROUTE_THREADS) route_kernel(const float *norme
 
 /* One warp: counts, exclusive scan, then a stable placement 32 tokens at a
  * time (tokens of one expert within a group ranked by lane). */
-__global__ void group_kernel(const int *expert_of, int T, int E, int *order, int *expert_start) {
+__global__ void group_kernel(const int *expert_of, int T_all, const int *n_dev, int E, int *order, int *expert_start) {
     __shared__ int count[ROUTE_MAX_EXPERTS + 1], next[ROUTE_MAX_EXPERTS];
     const int lane = threadIdx.x;
+    /* the decode row path: rows from *n_dev on are padding, left in place after the grouped rows */
+    const int T = n_dev ? min(max(*n_dev, 0), T_all) : T_all;
+    for (int i = T + lane; i < T_all; i += 32) order[i] = i;
     for (int e = lane; e <= E; e += 32) count[e] = 0;
     __syncwarp();
     for (int t = lane; t < T; t += 32) atomicAdd(&count[expert_of[t]], 1);
@@ -81,10 +85,9 @@ __global__ void group_kernel(const int *expert_of, int T, int E, int *order, int
     }
 }
 
-cudaError_t bmc_route_prefill(const float *normed, int T, int d, const float *router_w, const float *router_b, int E,
-                              int *expert_of, float *gate, int *order, int *expert_start, int *host_starts,
-                              cudaStream_t stream) {
-    if (T <= 0) return cudaSuccess;
+static cudaError_t route(const float *normed, int T, const int *n_dev, int d, const float *router_w,
+                         const float *router_b, int E, int *expert_of, float *gate, int *order, int *expert_start,
+                         cudaStream_t stream) {
     if (E < 1 || E > ROUTE_MAX_EXPERTS) return cudaErrorInvalidValue;
     const size_t w_bytes = (size_t)E * d * sizeof(float);
     const int w_in_smem = d % 4 == 0 && w_bytes <= ROUTE_SMEM_LIMIT;
@@ -93,10 +96,25 @@ cudaError_t bmc_route_prefill(const float *normed, int T, int d, const float *ro
         if (e != cudaSuccess) return e;
     }
     route_kernel<<<(T + ROUTE_TOKENS_PER_BLOCK - 1) / ROUTE_TOKENS_PER_BLOCK, ROUTE_THREADS, w_in_smem ? w_bytes : 0,
-                   stream>>>(normed, T, d, router_w, router_b, E, expert_of, gate, w_in_smem);
+                   stream>>>(normed, T, n_dev, d, router_w, router_b, E, expert_of, gate, w_in_smem);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
-    group_kernel<<<1, 32, 0, stream>>>(expert_of, T, E, order, expert_start);
-    if ((e = cudaGetLastError()) != cudaSuccess) return e;
+    group_kernel<<<1, 32, 0, stream>>>(expert_of, T, n_dev, E, order, expert_start);
+    return cudaGetLastError();
+}
+
+cudaError_t bmc_route_prefill(const float *normed, int T, int d, const float *router_w, const float *router_b, int E,
+                              int *expert_of, float *gate, int *order, int *expert_start, int *host_starts,
+                              cudaStream_t stream) {
+    if (T <= 0) return cudaSuccess;
+    cudaError_t e = route(normed, T, NULL, d, router_w, router_b, E, expert_of, gate, order, expert_start, stream);
+    if (e != cudaSuccess) return e;
     return cudaMemcpyAsync(host_starts, expert_start, (size_t)(E + 1) * sizeof(int), cudaMemcpyDeviceToHost, stream);
+}
+
+cudaError_t bmc_route_rows(const float *normed, int T, const int *n_dev, int d, const float *router_w,
+                           const float *router_b, int E, int *expert_of, float *gate, int *order, int *expert_start,
+                           cudaStream_t stream) {
+    if (T <= 0) return cudaSuccess;
+    return route(normed, T, n_dev, d, router_w, router_b, E, expert_of, gate, order, expert_start, stream);
 }

@@ -317,7 +317,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(const bmc_sample
     if (tid == 0) {
         double t = 0.0;
         for (int i = 0; i < n; i++) t += s.w[i];
-        const double target = a.u[blockIdx.x] * t;
+        const double target = (a.u_dev ? a.u_dev[blockIdx.x] : a.u[blockIdx.x]) * t;
         double sum = 0.0;
         int last_positive = 0, chosen = -1;
         for (int i = 0; i < n; i++) {
@@ -333,7 +333,8 @@ __global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(const bmc_sample
 }
 
 cudaError_t bmc_sample(const bmc_sample_args *a, cudaStream_t stream) {
-    if (a->n_recent > MAX_RECENT || a->rows < 1 || a->rows > BMC_MAX_STEP_ROWS) return cudaErrorInvalidValue;
+    if (a->n_recent > MAX_RECENT || a->rows < 1 || (!a->u_dev && a->rows > BMC_MAX_STEP_ROWS) || a->rows > 65535)
+        return cudaErrorInvalidValue;
     sample_kernel<<<a->rows, SAMPLE_THREADS, 0, stream>>>(*a);
     return cudaGetLastError();
 }

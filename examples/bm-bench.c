@@ -7,7 +7,7 @@
  *
  * --dims builds a random-weight model at the released dimensions in memory
  * (no files). Reports: load time; GPU memory used; state bytes; decode time
- * per step at each batch size (a step here is what a generation loop does:
+ * per step at each batch size (default 1,4,16,64,256,1024 on CUDA; a step here is what a generation loop does:
  * advance the state, compute logits, choose the next token greedily, get it
  * to the host) and, at batch 1, the bytes a step must read (every Mamba
  * weight, the router and one expert per MoE layer, one embedding row, the
@@ -18,7 +18,14 @@
  * On the CPU (--backend cpu) the run is --reps rounds (default 5) of [read
  * bandwidth, decode at batch 1 (--steps, default 32), prefill of each
  * --prompt length (default 512), read bandwidth], each decode figure as a
- * share of the bandwidth measured around it, and a table of medians. */
+ * share of the bandwidth measured around it, and a table of medians.
+ * On CUDA a second table gives, for each batch size, the aggregate tokens/s,
+ * ms/step, which decode path ran (GEMV or rows), and the step's floors: the
+ * bytes it must move (the weights it actually read, counting the experts its
+ * tokens chose, plus each stream's state read and written) at the measured
+ * copy bandwidth, and its FLOPs at the measured GEMM rate. --prefill-batch
+ * SxL (default 64x128) times bm_prefill_batch of S prompts of L tokens
+ * against one bm_prefill each; --prompt 0 skips the prefill figures. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,6 +65,7 @@ static int parse_list(const char *s, int *out) {
 static void usage(void) {
     fprintf(stderr, "usage: bm-bench --dims 1.5B|2.8B [--backend cpu|cuda] [--dtype bf16|f16|f32] [--threads N]\n"
                     "                [--batch LIST] [--prompt LIST] [--steps N] [--reps N (CPU rounds, 5)]\n"
+                    "                [--prefill-batch SxL]\n"
                     "       bm-bench MODEL_DIR [same options]\n");
     exit(2);
 }
@@ -68,29 +76,62 @@ typedef struct counts {
     double step_bytes;   /* bytes one decode step at batch 1 must move */
     double flops_token;  /* prefill FLOPs per token (LM head excluded) */
     double head_flops;   /* the LM head for one row */
+    /* a step of n streams that reads `pairs` (MoE layer, expert) weights:
+     * fixed_bytes + pairs * expert_bytes + n * stream_bytes */
+    double fixed_bytes, expert_bytes, stream_bytes;
+    int moe_layers, experts; /* MoE layers (2+ experts) and experts in each */
 } counts;
+
+static double counts_pairs_one(const counts *k) { return k->moe_layers; }
+
+static double step_bytes_n(const counts *k, int n, double pairs) {
+    return k->fixed_bytes + pairs * k->expert_bytes + n * k->stream_bytes;
+}
+
+/* (MoE layer, expert) pairs a step of n streams is expected to read when
+ * routing spreads evenly: E (1 - (1 - 1/E)^n) per layer. */
+static double expected_pairs(const counts *k, int n) {
+    if (k->moe_layers == 0) return 0;
+    const double E = k->experts;
+    double miss = 1.0;
+    for (int i = 0; i < n; i++) miss *= 1.0 - 1.0 / E;
+    return k->moe_layers * E * (1.0 - miss);
+}
 
 static counts count_work(const bm_model *m, double weight_elem_bytes) {
     const bmi_config *c = &m->config;
     const double d = c->d_model, di = c->d_inner, N = c->d_state, R = c->dt_rank, K = c->d_conv;
     const double F = c->ffn_hidden, g = c->swiglu ? 2 : 1, V = c->vocab_size;
-    counts k = {0, 0, 0};
+    counts k;
+    memset(&k, 0, sizeof k);
     for (int i = 0; i < c->n_layers; i++) {
         const bmi_layer_config *lc = &c->layers[i];
         k.step_bytes += d * 4; /* norm */
+        k.fixed_bytes += d * 4;
         if (lc->has_mamba) {
             double mats = 2 * di * d + (R + 2 * N) * di + di * R + d * di;
             k.step_bytes += mats * weight_elem_bytes + (di * K + di * 3 + di * N) * 4;
+            k.fixed_bytes += mats * weight_elem_bytes + (di * K + di * 3 + di * N) * 4;
             k.flops_token += 2 * mats + 10 * di * N; /* matrices, and the scan's few operations per state entry */
         }
         if (lc->n_experts) {
             double expert = g * F * d + d * F, router = lc->n_experts >= 2 ? lc->n_experts * d : 0;
             k.step_bytes += expert * weight_elem_bytes + router * 4;
+            k.fixed_bytes += router * 4;
+            if (lc->n_experts >= 2) {
+                k.expert_bytes = expert * weight_elem_bytes;
+                k.moe_layers++;
+                k.experts = lc->n_experts;
+            } else {
+                k.fixed_bytes += expert * weight_elem_bytes; /* a dense MLP */
+            }
             k.flops_token += 2 * (expert + router);
         }
     }
     k.step_bytes += d * weight_elem_bytes + V * d * weight_elem_bytes + 2 * d * 4; /* embedding row, head, final norm */
     k.step_bytes += 2.0 * (double)m->state_floats * 4;                            /* state read and written */
+    k.fixed_bytes += V * d * weight_elem_bytes + 2 * d * 4;
+    k.stream_bytes = d * weight_elem_bytes + 2.0 * (double)m->state_floats * 4;
     k.head_flops = 2 * V * d;
     return k;
 }
@@ -243,7 +284,7 @@ static int cpu_rounds(bm_model *m, const counts *work, int threads, int reps, in
 int main(int argc, char **argv) {
     const char *dims = NULL, *dir = NULL, *backend_name = "cuda", *dtype = "bf16";
     int threads = 0, batches[MAX_LIST] = {1}, n_batches = 1, prompts[MAX_LIST] = {512, 2048}, n_prompts = 2;
-    int steps = 0, cpu_reps = 5, prompts_given = 0;
+    int steps = 0, cpu_reps = 5, prompts_given = 0, batches_given = 0, pb_streams = 64, pb_len = 128;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -251,7 +292,12 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--backend") && v) backend_name = v, i++;
         else if (!strcmp(a, "--dtype") && v) dtype = v, i++;
         else if (!strcmp(a, "--threads") && v) threads = atoi(v), i++;
-        else if (!strcmp(a, "--batch") && v) n_batches = parse_list(v, batches), i++;
+        else if (!strcmp(a, "--batch") && v) n_batches = parse_list(v, batches), batches_given = 1, i++;
+        else if (!strcmp(a, "--prefill-batch") && v) {
+            pb_streams = atoi(v), i++;
+            const char *x = strchr(v, 'x');
+            pb_len = x ? atoi(x + 1) : 128;
+        }
         else if (!strcmp(a, "--prompt") && v) n_prompts = parse_list(v, prompts), prompts_given = 1, i++;
         else if (!strcmp(a, "--reps") && v) cpu_reps = atoi(v), i++;
         else if (!strcmp(a, "--steps") && v) steps = atoi(v), i++;
@@ -269,6 +315,12 @@ int main(int argc, char **argv) {
 #endif
     if (!steps) steps = cuda ? 200 : 32;
     if (!cuda && !prompts_given) n_prompts = 1; /* 512 */
+    if (n_prompts == 1 && prompts[0] <= 0) n_prompts = 0; /* --prompt 0: no prefill figures */
+    if (cuda && !batches_given) {
+        static const int many[] = {1, 4, 16, 64, 256, 1024};
+        n_batches = 6;
+        memcpy(batches, many, sizeof many);
+    }
     char device[128] = "CPU";
 #ifdef BM_WITH_CUDA
     size_t free_before = 0, free_after = 0, total = 0;
@@ -354,36 +406,63 @@ int main(int argc, char **argv) {
     }
     const int V = info.vocab_size;
 
-    /* decode, for each batch size */
-    double decode_ms[MAX_LIST];
+    /* decode, for each batch size: streams with different 8-token
+     * histories (one batched prefill), then greedy steps of all of them */
+    double decode_ms[MAX_LIST], pairs_read[MAX_LIST];
+    int row_path[MAX_LIST];
     for (int bi = 0; bi < n_batches; bi++) {
         const int B = batches[bi] > 0 ? batches[bi] : 1;
         bm_state **states = (bm_state **)calloc((size_t)B, sizeof *states);
         int32_t *tok = (int32_t *)malloc((size_t)B * sizeof(int32_t));
         uint64_t *rngs = (uint64_t *)malloc((size_t)B * sizeof(uint64_t));
+        int32_t *hist = (int32_t *)malloc((size_t)B * 8 * sizeof(int32_t));
+        const int32_t **hp = (const int32_t **)malloc((size_t)B * sizeof *hp);
+        size_t *hl = (size_t *)malloc((size_t)B * sizeof *hl);
         for (int i = 0; i < B; i++) {
-            bm_state_new(m, &states[i]);
-            int32_t prompt[8] = {1, 2, 3, 4, 5, 6, 7, (int32_t)i % V};
-            bm_prefill(s, states[i], prompt, 8, NULL);
-            tok[i] = 17 + i;
+            if ((st = bm_state_new(m, &states[i]))) {
+                fprintf(stderr, "bm-bench: %d states: %s\n", B, bm_last_error());
+                return 1;
+            }
+            for (int k = 0; k < 8; k++) hist[i * 8 + k] = (int32_t)(((unsigned)i * 7919u + (unsigned)k * 104729u + 1u) % (unsigned)V);
+            hp[i] = hist + i * 8;
+            hl[i] = 8;
+            tok[i] = (int32_t)((17u + (unsigned)i * 31u) % (unsigned)V);
             rngs[i] = (uint64_t)i;
+        }
+        if ((st = bm_prefill_batch(s, states, hp, hl, (size_t)B, NULL))) {
+            fprintf(stderr, "bm-bench: prefill of the histories: %s\n", bm_last_error());
+            return 1;
         }
         bm_sampler_params greedy;
         bm_sampler_params_init(&greedy);
         greedy.temperature = 0;
         greedy.repeat_penalty = 1;
         const int warm = cuda ? 10 : 1;
+        const int n_steps = B >= 256 && steps > 100 ? 100 : steps;
         double t0 = 0;
-        for (int i = 0; i < warm + steps; i++) {
+        for (int i = 0; i < warm + n_steps; i++) {
             if (i == warm) t0 = now();
             if ((st = bm_step_batch_sample(s, states, tok, (size_t)B, &greedy, rngs, tok))) {
                 fprintf(stderr, "bm-bench: decode: %s\n", bm_last_error());
                 return 1;
             }
         }
-        decode_ms[bi] = (now() - t0) / steps * 1e3;
-        printf("decode batch %3d: %.3f ms/step, %.3f ms/token, %.0f tokens/s\n", B, decode_ms[bi], decode_ms[bi] / B,
-               B * 1e3 / decode_ms[bi]);
+        decode_ms[bi] = (now() - t0) / n_steps * 1e3;
+        pairs_read[bi] = B == 1 ? counts_pairs_one(&work) : expected_pairs(&work, B);
+        row_path[bi] = 0;
+#ifdef BM_WITH_CUDA
+        {
+            int pairs = -1, rows = 0;
+            if (bmi_cuda_last_step_experts(s, &pairs, &rows) == BM_OK && pairs >= 0) {
+                pairs_read[bi] = pairs; /* the last step's own routing */
+                row_path[bi] = rows > 0;
+            }
+        }
+#endif
+        printf("decode batch %4d (%s path): %.3f ms/step, %.4f ms/token, %.0f tokens/s; %.0f (layer, expert) pairs "
+               "read%s\n",
+               B, row_path[bi] ? "row" : "GEMV", decode_ms[bi], decode_ms[bi] / B, B * 1e3 / decode_ms[bi],
+               pairs_read[bi], row_path[bi] ? "" : " (expected under even routing)");
         if (B == 1) {
             /* The same steps without the LM head and sampling, queued back to
              * back (no logits: nothing waits for the host): the state update
@@ -399,6 +478,55 @@ int main(int argc, char **argv) {
         free(states);
         free(tok);
         free(rngs);
+        free(hist);
+        free(hp);
+        free(hl);
+    }
+
+    /* batched prefill: pb_streams prompts of pb_len tokens in one call, and
+     * the same prompts one bm_prefill each */
+    double pb_batched = 0, pb_single = 0;
+    if (cuda && pb_streams > 0 && pb_len > 0) {
+        bm_state **states = (bm_state **)calloc((size_t)pb_streams, sizeof *states);
+        int32_t *toks = (int32_t *)malloc((size_t)pb_streams * pb_len * sizeof(int32_t));
+        const int32_t **pp = (const int32_t **)malloc((size_t)pb_streams * sizeof *pp);
+        size_t *pl = (size_t *)malloc((size_t)pb_streams * sizeof *pl);
+        for (int i = 0; i < pb_streams; i++) {
+            bm_state_new(m, &states[i]);
+            for (int k = 0; k < pb_len; k++) toks[(size_t)i * pb_len + k] = (int32_t)(((unsigned)i * 131u + (unsigned)k * 7919u) % (unsigned)V);
+            pp[i] = toks + (size_t)i * pb_len;
+            pl[i] = (size_t)pb_len;
+        }
+        double tb[5], ts[5];
+        for (int r = -1; r < 5; r++) {
+            for (int i = 0; i < pb_streams; i++) bm_state_reset(states[i]);
+            double t0 = now();
+            if ((st = bm_prefill_batch(s, states, pp, pl, (size_t)pb_streams, NULL))) {
+                fprintf(stderr, "bm-bench: batched prefill: %s\n", bm_last_error());
+                return 1;
+            }
+            if (r >= 0) tb[r] = now() - t0;
+            for (int i = 0; i < pb_streams; i++) bm_state_reset(states[i]);
+            t0 = now();
+            for (int i = 0; i < pb_streams; i++)
+                if ((st = bm_prefill(s, states[i], pp[i], pl[i], NULL))) {
+                    fprintf(stderr, "bm-bench: prefill: %s\n", bm_last_error());
+                    return 1;
+                }
+            if (r >= 0) ts[r] = now() - t0;
+        }
+        qsort(tb, 5, sizeof tb[0], cmp_double);
+        qsort(ts, 5, sizeof ts[0], cmp_double);
+        pb_batched = (double)pb_streams * pb_len / tb[2];
+        pb_single = (double)pb_streams * pb_len / ts[2];
+        printf("prefill of %d prompts x %d tokens: bm_prefill_batch %.2f ms (%.0f tokens/s), one bm_prefill each "
+               "%.2f ms (%.0f tokens/s)\n",
+               pb_streams, pb_len, tb[2] * 1e3, pb_batched, ts[2] * 1e3, pb_single);
+        for (int i = 0; i < pb_streams; i++) bm_state_free(states[i]);
+        free(states);
+        free(toks);
+        free(pp);
+        free(pl);
     }
 
     /* prefill, for each prompt length */
@@ -445,7 +573,34 @@ int main(int argc, char **argv) {
             snprintf(share, sizeof share, "%.3f ms (%.2f GB/step), %.0f%% of BW", floor_ms, work.step_bytes / 1e9,
                      100.0 * floor_ms / decode_ms[bi]);
         }
-        printf("| %-34s | %14.3f | %-38s |\n", label, decode_ms[bi] / batches[bi], share);
+        printf("| %-34s | %14.4f | %-38s |\n", label, decode_ms[bi] / batches[bi], share);
+    }
+    /* many streams: aggregate rate, step time, and the two floors of a step:
+     * bytes (weights actually read: every Mamba weight, the LM head, the
+     * experts the step's tokens chose; each stream's embedding row and state
+     * read and written) at the measured copy bandwidth, and FLOPs at the
+     * measured GEMM rate */
+    if (cuda && bandwidth > 0) {
+        printf("\n| %-7s | %-4s | %12s | %9s | %26s | %6s | %13s |\n", "streams", "path", "tokens/s", "ms/step",
+               "bandwidth floor (GB/step)", "of BW", "compute floor");
+        printf("|---------|------|--------------|-----------|----------------------------|--------|---------------|\n");
+        for (int bi = 0; bi < n_batches; bi++) {
+            const int B = batches[bi];
+            const double bytes = step_bytes_n(&work, B, pairs_read[bi]);
+            const double floor_ms = bytes / bandwidth * 1e3;
+            const double flop_ms = gemm_rate > 0 ? B * (work.flops_token + work.head_flops) / gemm_rate * 1e3 : 0;
+            char fl[64];
+            snprintf(fl, sizeof fl, "%.3f ms (%.2f)", floor_ms, bytes / 1e9);
+            printf("| %7d | %-4s | %12.0f | %9.3f | %26s | %5.0f%% | %10.3f ms |\n", B, row_path[bi] ? "rows" : "GEMV",
+                   B * 1e3 / decode_ms[bi], decode_ms[bi], fl, 100.0 * floor_ms / decode_ms[bi], flop_ms);
+        }
+        printf("\n");
+    }
+    if (pb_batched > 0) {
+        char label[64], rest[96];
+        snprintf(label, sizeof label, "prefill_batch %dx%d (tokens/s)", pb_streams, pb_len);
+        snprintf(rest, sizeof rest, "one bm_prefill each: %.0f tokens/s", pb_single);
+        printf("| %-34s | %14.0f | %-38s |\n", label, pb_batched, rest);
     }
     for (int pi = 0; pi < n_prompts; pi++) {
         char label[64], share[96] = "";

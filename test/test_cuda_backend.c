@@ -487,6 +487,10 @@ static void test_without_gpu(void) {
 
 int main(void) {
     setvbuf(stdout, NULL, _IOLBF, 0); /* keep reports and CHECK messages in order in logs */
+    /* Batches here take the GEMV path (groups of up to 8 streams), whatever
+     * their size: the row path of large batches, whose 16-bit activations
+     * are the prefill's, is test_cuda_batch's, against single streams. */
+    setenv("BM_CUDA_ROWS_MIN", "1000000000", 0);
     if (!bmi_cuda_available(0)) {
         printf("no usable GPU: checking the fallback only\n");
         test_without_gpu();

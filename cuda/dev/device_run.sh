@@ -4,8 +4,16 @@
 # per-kernel harnesses, compute-sanitizer memcheck on small models, and
 # bm-bench at both released sizes. Full logs go to $OUT; a short table is
 # printed last. Steps are bounded by timeouts so one hang cannot eat the call.
-# Usage: sh cuda/dev/device_run.sh [tests] [memcheck] [bench] [cpu]   (default: all but cpu)
+# Usage: sh cuda/dev/device_run.sh [tests] [memcheck] [bench] [cross] [prof] [ab] [cpu]
+#        (default: tests memcheck bench). BM_DEADLINE (seconds, default 570):
+# steps that would start after it are skipped, and each step's timeout is cut
+# to what is left, so the script ends inside one device call.
 set -u
+START=$(date +%s)
+DEADLINE=${BM_DEADLINE:-570}
+# seconds left before the deadline, at most $1
+left() { l=$((DEADLINE - ($(date +%s) - START))); [ "$l" -gt "$1" ] && l=$1; echo $l; }
+enough() { [ "$(left 100000)" -gt "${1:-20}" ]; }
 OUT=${OUT:-/tmp/bm-out}
 mkdir -p "$OUT"
 C=$(pwd)/.carry
@@ -30,43 +38,82 @@ if has tests; then
     : > "$OUT/tests.log"
     # The CPU reference runs its portable path: the SIMD paths are the CPU
     # backend's business, and a bug there must not read as a GPU error.
-    for t in "$B/test_cuda_sample" "$B"/dev/* "$B/test_cuda_backend"; do
+    for t in "$B/test_cuda_sample" "$B"/dev/* "$B/test_cuda_batch" "$B/test_cuda_backend"; do
+        enough 30 || { echo "$(basename "$t") skipped (deadline)" >> "$summary"; continue; }
         echo "==== $t" >> "$OUT/tests.log"
-        BM_CPU_PATH=portable timeout 400 "$t" >> "$OUT/tests.log" 2>&1
-        echo "$(basename "$t") rc $?" >> "$summary"
+        t0=$(date +%s)
+        BM_CPU_PATH=portable timeout $(left 400) "$t" >> "$OUT/tests.log" 2>&1
+        echo "$(basename "$t") rc $? ($(( $(date +%s) - t0 )) s)" >> "$summary"
     done
     if [ -n "${BM_ALSO_DEFAULT_CPU:-}" ]; then
         echo "==== test_cuda_backend against the CPU's default (SIMD) path" >> "$OUT/tests.log"
         timeout 300 "$B/test_cuda_backend" >> "$OUT/tests.log" 2>&1
         echo "test_cuda_backend vs default CPU path rc $?" >> "$summary"
     fi
-    grep -vE "^\s*$" "$OUT/tests.log" | head -n 160
+    # failures first, then the batch test's comparisons
+    grep -E "CHECK failed|FAIL|rror" "$OUT/tests.log" | head -n 30
+    sed -n '/test_cuda_batch$/,/^====/p' "$OUT/tests.log" | grep -vE "^\s*$" | head -n 90
     grep -E "passed, [0-9]+ failed$" "$OUT/tests.log" >> "$summary"
 fi
 if has bench; then
     for dims in 2.8B 1.5B; do
-        timeout 200 "$B/bm-bench" --dims $dims --batch 1,8 --prompt 512,2048 > "$OUT/bench-$dims.log" 2>&1
+        enough 60 || { echo "bench $dims skipped (deadline)" >> "$summary"; continue; }
+        timeout $(left 200) "$B/bm-bench" --dims $dims --prompt 2048 > "$OUT/one.log" 2>&1
         echo "bench $dims rc $?" >> "$summary"
-        grep -E "^\|" "$OUT/bench-$dims.log" >> "$summary"
+        grep -E "^\|" "$OUT/one.log" >> "$summary"
+        { echo "==== bm-bench --dims $dims --prompt 2048"; cat "$OUT/one.log"; } >> "$OUT/bench.log"
     done
+fi
+if has cross; then
+    # the crossover between the GEMV path and the row path, small batches, 2.8B
+    for v in 1 1000000000; do
+        enough 40 || continue
+        BM_CUDA_ROWS_MIN=$v timeout $(left 100) "$B/bm-bench" --dims 2.8B --batch 1,2,3,4,6,8,12,16 --prompt 0 \
+            --prefill-batch 0 --steps 100 > "$OUT/one.log" 2>&1
+        echo "crossover, BM_CUDA_ROWS_MIN=$v: rc $?" >> "$summary"
+        grep -E "^\| +[0-9]+ \|" "$OUT/one.log" >> "$summary"
+        { echo "==== BM_CUDA_ROWS_MIN=$v bm-bench --dims 2.8B --batch 1,2,3,4,6,8,12,16"; cat "$OUT/one.log"; } >> "$OUT/bench.log"
+    done
+fi
+if has prof; then
+    # time per kind of operation of the row path (eager steps with events)
+    for dims in 2.8B; do
+        enough 40 || continue
+        BM_CUDA_ROWS_PROFILE=1 timeout $(left 120) "$B/bm-bench" --dims $dims --batch 8,16,64,256,1024 --prompt 0 \
+            --prefill-batch 0 --steps 20 > "$OUT/one.log" 2>&1
+        echo "row path profile $dims: rc $?" >> "$summary"
+        grep -E "^row path profile" "$OUT/one.log" | sed 's/ms\/step://' >> "$summary"
+        { echo "==== BM_CUDA_ROWS_PROFILE=1 bm-bench --dims $dims"; cat "$OUT/one.log"; } >> "$OUT/bench.log"
+    done
+fi
+if has ab; then
     for v in BM_CUDA_PDL=0 BM_CUDA_L2_PREFETCH=1 BM_CUDA_FUSED_ROUTE=1; do
-        env $v timeout 120 "$B/bm-bench" --dims 2.8B --batch 1 --prompt 16 > "$OUT/bench-ab.log" 2>&1
-        echo "2.8B with $v: $(grep 'decode batch   1' "$OUT/bench-ab.log" | tr '\n' ' ')" >> "$summary"
+        enough 30 || continue
+        env $v timeout $(left 120) "$B/bm-bench" --dims 2.8B --batch 1 --prompt 16 --prefill-batch 0 > "$OUT/one.log" 2>&1
+        echo "2.8B with $v: $(grep 'decode batch    1' "$OUT/one.log" | tr '\n' ' ')" >> "$summary"
+        { echo "==== $v bm-bench --dims 2.8B --batch 1"; cat "$OUT/one.log"; } >> "$OUT/bench.log"
     done
 fi
 if has memcheck; then
-    BM_CUDA_TEST_SMALL=1 timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 "$B/test_cuda_backend" \
-        > "$OUT/memcheck.log" 2>&1
-    echo "memcheck rc $? ($(grep -c 'Invalid\|ERROR SUMMARY' "$OUT/memcheck.log") report lines; $(grep 'ERROR SUMMARY' "$OUT/memcheck.log"))" >> "$summary"
-    tail -n 5 "$OUT/memcheck.log"
+    for t in test_cuda_batch test_cuda_backend; do
+        enough 60 || { echo "memcheck $t skipped (deadline)" >> "$summary"; continue; }
+        BM_CUDA_TEST_SMALL=1 timeout $(left 300) compute-sanitizer --tool memcheck --error-exitcode 9 "$B/$t" \
+            > "$OUT/one.log" 2>&1
+        echo "memcheck $t rc $? ($(grep -c 'Invalid' "$OUT/one.log") invalid-access lines; $(grep 'ERROR SUMMARY' "$OUT/one.log"); $(grep -E 'passed, [0-9]+ failed' "$OUT/one.log"))" >> "$summary"
+        grep -m 5 -A 8 'Invalid' "$OUT/one.log"
+        { echo "==== memcheck $t"; cat "$OUT/one.log"; } >> "$OUT/memcheck.log"
+    done
 fi
 if has cpu; then
     for dims in 1.5B 2.8B; do
-        timeout 240 "$B/bm-bench" --dims $dims --backend cpu --steps 8 --prompt 512 > "$OUT/cpu-$dims.log" 2>&1
+        enough 60 || continue
+        timeout $(left 240) "$B/bm-bench" --dims $dims --backend cpu --steps 8 --prompt 512 > "$OUT/one.log" 2>&1
         echo "cpu bench $dims rc $?" >> "$summary"
-        grep -E "^\|" "$OUT/cpu-$dims.log" >> "$summary"
+        grep -E "^\|" "$OUT/one.log" >> "$summary"
+        { echo "==== cpu bench $dims"; cat "$OUT/one.log"; } >> "$OUT/bench.log"
     done
 fi
+rm -f "$OUT/one.log"
 echo
 echo "==== summary ===="
 cat "$summary"

@@ -1,0 +1,61 @@
+/* Decode row path (many streams): the causal depthwise conv of one new token
+ * per stream, with the SiLU and the conv-state update, after the in_proj
+ * GEMM. One thread per (stream, channel); each stream's conv history is
+ * found through its state pointer (the states are the host's objects,
+ * anywhere in device memory). The arithmetic is the order of the GEMV
+ * epilogue (gemv.cu, BMC_EPI_CONV_SILU), so both paths agree in f32. */
+#include "device_util.cuh"
+#include "kernels.cuh"
+
+#define CONV_STEP_THREADS 256
+
+template <typename T>
+__global__ void __launch_bounds__(CONV_STEP_THREADS) conv_step_kernel(const bmc_conv_step_args a) {
+    const int b = blockIdx.y, c = blockIdx.x * CONV_STEP_THREADS + threadIdx.x;
+    if (c >= a.di) return;
+    T *u16 = reinterpret_cast<T *>(a.u16) + (size_t)b * a.di + c;
+    float *const sp = a.state_ptrs[b];
+    const size_t lo16 = (size_t)a.lo_rows * a.di;
+    if (!sp) { /* padding row */
+        *u16 = bmc_from_float<T>(0.0f);
+        if (lo16) u16[lo16] = bmc_from_float<T>(0.0f);
+        return;
+    }
+    float *x = a.xz + (size_t)b * a.ldxz + c;
+    float v = *x;
+    if (a.lo_rows > 0) { /* the two partial products of in_proj, x and z */
+        const size_t lo = (size_t)a.lo_rows * a.ldxz;
+        v += x[lo];
+        x[a.di] += x[lo + a.di];
+    }
+    const int km1 = a.K - 1;
+    float *hist = sp + a.conv_offset + (size_t)c * km1;
+    const float *w = a.conv_w + (size_t)c * a.K;
+    float h[BMC_MAX_CONV];
+#pragma unroll
+    for (int k = 0; k < BMC_MAX_CONV - 1; k++) h[k] = k < km1 ? hist[k] : 0.0f;
+    float conv = a.conv_b[c] + w[km1] * v;
+#pragma unroll
+    for (int k = 0; k < BMC_MAX_CONV - 1; k++)
+        if (k < km1) conv += w[k] * h[k];
+#pragma unroll
+    for (int k = 0; k + 1 < BMC_MAX_CONV - 1; k++)
+        if (k + 1 < km1) hist[k] = h[k + 1];
+    if (km1 > 0) hist[km1 - 1] = v;
+    const float u = bmc_silu(conv);
+    *x = u;
+    const T hi = bmc_from_float<T>(u);
+    *u16 = hi;
+    if (lo16) u16[lo16] = bmc_from_float<T>(u - bmc_to_float<T>(hi));
+}
+
+cudaError_t bmc_conv_step(const bmc_conv_step_args *a, cudaStream_t stream) {
+    if (a->nb <= 0) return cudaSuccess;
+    if (a->K < 1 || a->K > BMC_MAX_CONV || a->nb > 65535) return cudaErrorInvalidValue;
+    const dim3 grid((a->di + CONV_STEP_THREADS - 1) / CONV_STEP_THREADS, a->nb);
+    if (a->act_type == BMC_F16)
+        conv_step_kernel<__half><<<grid, CONV_STEP_THREADS, 0, stream>>>(*a);
+    else
+        conv_step_kernel<__nv_bfloat16><<<grid, CONV_STEP_THREADS, 0, stream>>>(*a);
+    return cudaGetLastError();
+}

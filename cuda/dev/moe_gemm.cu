@@ -1,0 +1,202 @@
+/* Harness: the grouped expert GEMM of the decode row path (cuda/moe_gemm.cu)
+ * against a double CPU version: fc1 with the gated GELU (rows read through a
+ * permutation, bf16 output) and fc2 with the gate-scaled scatter (store and
+ * add), on uneven expert groups (an empty expert, one of more than a tile of
+ * rows) and K, N off the tile sizes; then its time on the 2.8B expert shapes
+ * at 64, 256 and 1024 rows spread over 8 experts, with the bytes it must read
+ * (each expert's weights once) and its FLOP rate. */
+#include "dev.cuh"
+
+static double gelu(double x) { return 0.5 * x * (1 + erf(x / sqrt(2.0))); }
+
+static void check_case(int E, int rows, int K, int N, const int *counts, int split) {
+    /* inputs, bf16-rounded on the host so the reference sees what the GPU sees */
+    const size_t xn = (size_t)rows * K, w1n = (size_t)E * 2 * N * K, w2n = (size_t)E * K * N;
+    float *x = (float *)malloc(xn * 4), *w1 = (float *)malloc(w1n * 4), *w2 = (float *)malloc(w2n * 4);
+    float *b1 = (float *)malloc((size_t)E * 2 * N * 4), *b2 = (float *)malloc((size_t)E * K * 4);
+    float *gates = (float *)malloc(rows * 4), *y0 = (float *)malloc((size_t)rows * K * 4);
+    uint16_t *xh = (uint16_t *)malloc(xn * 2), *w1h = (uint16_t *)malloc(w1n * 2), *w2h = (uint16_t *)malloc(w2n * 2);
+    dev_fill(x, xn, 1.0, 0.0);
+    dev_fill(w1, w1n, 0.1, 0.0);
+    dev_fill(w2, w2n, 0.1, 0.0);
+    dev_fill(b1, (size_t)E * 2 * N, 0.2, 0.0);
+    dev_fill(b2, (size_t)E * K, 0.2, 0.0);
+    dev_fill(gates, rows, 0.5, 0.5);
+    dev_fill(y0, (size_t)rows * K, 1.0, 0.0);
+    /* split: x stays f32 and goes up as two 16-bit halves (rows, then their remainders) */
+    uint16_t *xs = (uint16_t *)malloc(2 * xn * 2);
+    for (size_t i = 0; i < xn; i++) {
+        xs[i] = dev_bf16(x[i]);
+        xs[xn + i] = dev_bf16(x[i] - dev_from_bf16(xs[i]));
+        if (!split) x[i] = dev_from_bf16(xh[i] = dev_bf16(x[i]));
+    }
+    for (size_t i = 0; i < w1n; i++) w1[i] = dev_from_bf16(w1h[i] = dev_bf16(w1[i]));
+    for (size_t i = 0; i < w2n; i++) w2[i] = dev_from_bf16(w2h[i] = dev_bf16(w2[i]));
+    int *start = (int *)malloc((E + 1) * 4), *order = (int *)malloc(rows * 4);
+    start[0] = 0;
+    for (int e = 0; e < E; e++) start[e + 1] = start[e] + counts[e];
+    for (int i = 0; i < rows; i++) order[i] = (int)(((long long)i * 7919) % rows); /* a permutation (rows prime to 7919) */
+    /* reference: m[r] = gelu(x W1a + b1a) * (x W1b + b1b); y[order[r]] (+)= gate * (m W2 + b2) */
+    double *m_ref = (double *)malloc((size_t)rows * N * 8), *y_ref = (double *)malloc((size_t)rows * K * 8);
+    double *y_add = (double *)malloc((size_t)rows * K * 8);
+    float *m_q = (float *)malloc((size_t)rows * N * 4);
+    for (int e = 0; e < E; e++)
+        for (int r = start[e]; r < start[e + 1]; r++) {
+            const float *xr = x + (size_t)order[r] * K;
+            for (int f = 0; f < N; f++) {
+                double a = b1[(size_t)e * 2 * N + f], g = b1[(size_t)e * 2 * N + N + f];
+                for (int k = 0; k < K; k++) {
+                    a += (double)w1[((size_t)e * 2 * N + f) * K + k] * xr[k];
+                    g += (double)w1[((size_t)e * 2 * N + N + f) * K + k] * xr[k];
+                }
+                m_ref[(size_t)r * N + f] = gelu(a) * g;
+                m_q[(size_t)r * N + f] = split ? (float)m_ref[(size_t)r * N + f]
+                                               : dev_from_bf16(dev_bf16((float)m_ref[(size_t)r * N + f]));
+            }
+        }
+    for (int e = 0; e < E; e++)
+        for (int r = start[e]; r < start[e + 1]; r++) {
+            const int t = order[r];
+            for (int n = 0; n < K; n++) {
+                double a = b2[(size_t)e * K + n];
+                for (int f = 0; f < N; f++) a += (double)w2[((size_t)e * K + n) * N + f] * m_q[(size_t)r * N + f];
+                y_ref[(size_t)t * K + n] = gates[t] * a;
+                y_add[(size_t)t * K + n] = y0[(size_t)t * K + n] + gates[t] * a;
+            }
+        }
+    uint16_t *d_x = split ? dev_upload(xs, 2 * xn) : dev_upload(xh, xn), *d_w1 = dev_upload(w1h, w1n), *d_w2 = dev_upload(w2h, w2n);
+    float *d_b1 = dev_upload(b1, (size_t)E * 2 * N), *d_b2 = dev_upload(b2, (size_t)E * K), *d_g = dev_upload(gates, rows);
+    int *d_start = dev_upload(start, E + 1), *d_order = dev_upload(order, rows);
+    uint16_t *d_m = dev_alloc_poisoned<uint16_t>((size_t)2 * rows * N);
+    bmc_moe_gemm_args a;
+    memset(&a, 0, sizeof a);
+    a.mode = BMC_MOE_GATED;
+    a.N = N;
+    a.K = K;
+    a.E = E;
+    a.max_rows = rows;
+    a.X = d_x;
+    a.ldx = K;
+    a.x_rows = d_order;
+    a.W = d_w1;
+    a.expert_stride = (long long)2 * N * K;
+    a.expert_start = d_start;
+    a.bias = d_b1;
+    a.bias_stride = 2 * N;
+    a.act = 0;
+    a.y = d_m;
+    a.ldy = N;
+    a.x_lo_rows = a.y_lo_rows = split ? rows : 0;
+    DEV_CUDA(bmc_moe_gemm(&a, BMC_BF16, 0));
+    DEV_CUDA(cudaDeviceSynchronize());
+    uint16_t *mh = (uint16_t *)malloc((size_t)2 * rows * N * 2);
+    float *mf = (float *)malloc((size_t)rows * N * 4);
+    dev_download(mh, d_m, (size_t)(split ? 2 : 1) * rows * N);
+    for (size_t i = 0; i < (size_t)rows * N; i++)
+        mf[i] = dev_from_bf16(mh[i]) + (split ? dev_from_bf16(mh[(size_t)rows * N + i]) : 0.0f);
+    double e1 = dev_rel_error(mf, m_ref, (size_t)rows * N);
+    printf("  fc1 gated GELU%s, E %d rows %d K %d N %d: rel err %.2e\n", split ? " (f32 input as two halves)" : "", E,
+           rows, K, N, e1);
+    DEV_CHECK(e1 < (split ? 1e-4 : 1e-2), "fc1 rel err %.3e", e1);
+    /* fc2 from the GPU's own m (bf16), store then add */
+    for (int add = 0; add < 2; add++) {
+        float *d_y = add ? dev_upload(y0, (size_t)rows * K) : dev_alloc_poisoned<float>((size_t)rows * K);
+        memset(&a, 0, sizeof a);
+        a.mode = BMC_MOE_SCATTER;
+        a.N = K;
+        a.K = N;
+        a.E = E;
+        a.max_rows = rows;
+        a.X = d_m;
+        a.ldx = N;
+        a.W = d_w2;
+        a.expert_stride = (long long)K * N;
+        a.expert_start = d_start;
+        a.bias = d_b2;
+        a.bias_stride = K;
+        a.y = d_y;
+        a.ldy = K;
+        a.y_rows = d_order;
+        a.gates = d_g;
+        a.add = add;
+        a.x_lo_rows = split ? rows : 0;
+        DEV_CUDA(bmc_moe_gemm(&a, BMC_BF16, 0));
+        DEV_CUDA(cudaDeviceSynchronize());
+        float *yh = (float *)malloc((size_t)rows * K * 4);
+        dev_download(yh, d_y, (size_t)rows * K);
+        double e2 = dev_rel_error(yh, add ? y_add : y_ref, (size_t)rows * K);
+        printf("  fc2 scatter (%s)%s, E %d rows %d: rel err %.2e\n", add ? "add" : "store", split ? " (two halves)" : "", E,
+               rows, e2);
+        DEV_CHECK(e2 < 1e-4, "fc2 rel err %.3e", e2);
+        free(yh);
+        cudaFree(d_y);
+    }
+    free(xs); free(x); free(w1); free(w2); free(b1); free(b2); free(gates); free(y0); free(xh); free(w1h); free(w2h);
+    free(start); free(order); free(m_ref); free(y_ref); free(y_add); free(m_q); free(mh); free(mf);
+    cudaFree(d_x); cudaFree(d_w1); cudaFree(d_w2); cudaFree(d_b1); cudaFree(d_b2); cudaFree(d_g);
+    cudaFree(d_start); cudaFree(d_order); cudaFree(d_m);
+}
+
+int main(void) {
+    if (dev_no_gpu("dev_moe_gemm")) return 0;
+    dev_seed();
+    const int counts1[5] = {3, 0, 70, 1, 77}; /* 151 rows: an empty expert, two of more than one tile */
+    check_case(5, 151, 136, 200, counts1, 0);
+    check_case(5, 151, 136, 200, counts1, 1);
+    const int counts2[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+    check_case(8, 8, 1472, 136, counts2, 0); /* 16-row tiles */
+    check_case(8, 8, 1472, 136, counts2, 1);
+
+    /* timing: the 2.8B expert shapes */
+    const int d = 1472, F = 3872, E = 8;
+    const size_t w1n = (size_t)E * 2 * F * d, w2n = (size_t)E * d * F;
+    uint16_t *w1h = (uint16_t *)malloc(w1n * 2);
+    for (size_t i = 0; i < w1n; i++) w1h[i] = dev_bf16((float)(0.05 * dev_uniform()));
+    uint16_t *d_w1 = dev_upload(w1h, w1n), *d_w2 = dev_upload(w1h, w2n);
+    free(w1h);
+    /* every tile shape (variant 1..8, 0 = the automatic choice) at each row count */
+    static const char *const shapes[9] = {"auto", "16x128/4", "16x64/4", "16x32/4", "32x128/4",
+                                          "32x64/4", "64x128/3", "64x64/3", "16x64/6"};
+    printf("  2.8B experts, inputs in two halves: fc1 / fc2 us per tile shape (TMxTN/stages), and the auto choice's GB/s, TFLOP/s\n");
+    printf("  %-6s", "rows");
+    for (int v = 0; v < 9; v++) printf(" %15s", shapes[v]);
+    printf(" %8s %8s\n", "GB/s", "TFLOP/s");
+    const int row_counts[5] = {16, 64, 128, 256, 1024};
+    for (int ri = 0; ri < 5; ri++) {
+        const int rows = row_counts[ri];
+        uint16_t *xh = (uint16_t *)malloc((size_t)2 * rows * F * 2);
+        for (size_t i = 0; i < (size_t)2 * rows * F; i++) xh[i] = dev_bf16((float)dev_uniform());
+        uint16_t *d_x = dev_upload(xh, (size_t)2 * rows * F), *d_m = dev_alloc_poisoned<uint16_t>((size_t)2 * rows * F);
+        float *d_y = dev_alloc_poisoned<float>((size_t)rows * d), *gates = (float *)malloc(rows * 4);
+        int start[9], *order = (int *)malloc(rows * 4);
+        for (int e = 0; e <= E; e++) start[e] = rows * e / E;
+        for (int i = 0; i < rows; i++) order[i] = i, gates[i] = 0.5f;
+        int *d_start = dev_upload(start, 9), *d_order = dev_upload(order, rows);
+        float *d_g = dev_upload(gates, rows);
+        bmc_moe_gemm_args a1, a2;
+        memset(&a1, 0, sizeof a1);
+        a1.mode = BMC_MOE_GATED; a1.N = F; a1.K = d; a1.E = E; a1.max_rows = rows; a1.X = d_x; a1.ldx = d;
+        a1.x_rows = d_order; a1.W = d_w1; a1.expert_stride = (long long)2 * F * d; a1.expert_start = d_start;
+        a1.y = d_m; a1.ldy = F; a1.x_lo_rows = a1.y_lo_rows = rows;
+        memset(&a2, 0, sizeof a2);
+        a2.mode = BMC_MOE_SCATTER; a2.N = d; a2.K = F; a2.E = E; a2.max_rows = rows; a2.X = d_x; a2.ldx = F;
+        a2.W = d_w2; a2.expert_stride = (long long)d * F; a2.expert_start = d_start; a2.y = d_y; a2.ldy = d;
+        a2.y_rows = d_order; a2.gates = d_g; a2.x_lo_rows = rows;
+        printf("  %-6d", rows);
+        double t_auto = 0;
+        for (int v = 0; v < 9; v++) {
+            a1.variant = a2.variant = v;
+            double t1 = dev_time_us(15, [&](int) { DEV_CUDA(bmc_moe_gemm(&a1, BMC_BF16, 0)); });
+            double t2 = dev_time_us(15, [&](int) { DEV_CUDA(bmc_moe_gemm(&a2, BMC_BF16, 0)); });
+            if (v == 0) t_auto = t1 + t2;
+            char cell[32];
+            snprintf(cell, sizeof cell, "%.0f/%.0f", t1, t2);
+            printf(" %15s", cell);
+        }
+        const double bytes = (w1n + w2n) * 2.0, flops = 2.0 * rows * (2.0 * F * d + (double)d * F);
+        printf(" %8.0f %8.1f\n", bytes / (t_auto * 1e-6) / 1e9, flops / (t_auto * 1e-6) / 1e12);
+        free(xh); free(gates); free(order);
+        cudaFree(d_x); cudaFree(d_m); cudaFree(d_y); cudaFree(d_start); cudaFree(d_order); cudaFree(d_g);
+    }
+    return dev_summary("dev_moe_gemm");
+}
