@@ -10,9 +10,9 @@
  *   values, then the 16 odd ones. Exact, no rounding of x.
  * - f16: vcvtph2ps; f32: loaded as is. x is packed unchanged.
  * Matrix products work on register tiles of up to 4 weight rows x 4 tokens
- * (prefill, batches); decode (one token) reads one row at a time, the
- * weights in address order with software prefetch. Tails of rows, tokens
- * and columns are masked.
+ * (prefill, batches of more than 4); decode (1 to 4 tokens) reads one row
+ * at a time, the weights in address order with software prefetch. Tails of
+ * rows, tokens and columns are masked.
  *
  * Not used: AVX512-BF16 dot products (vdpbf16ps). They round x to bf16; to
  * keep fp32 accuracy x must be split into a bf16 high and low part, which
@@ -234,38 +234,46 @@ INLINE __m512i load64(const void *p, const int aligned) {
                               _mm256_loadu_si256((const __m256i *)((const char *)p + 32)), 1);
 }
 
-/* One token (decode): each row on its own, so the weights are read in
- * address order, one sequential stream per thread, prefetched PREFETCH_AHEAD
- * bytes ahead; four independent accumulators per row. */
-INLINE float dot_bf16_row(const uint16_t *p, int K, const float *x, const int aligned) {
+/* Few tokens (decode, small batches): each row on its own, so the weights
+ * are read in address order, one sequential stream per thread, prefetched
+ * PREFETCH_AHEAD bytes ahead; the T <= 4 rows of x stay in L1. Four
+ * independent accumulators per token. s[t] = row . x_t. */
+INLINE void dot_bf16_row(const uint16_t *p, int K, const float *x, size_t ldx, float *s, const int T,
+                         const int aligned) {
     const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    __m512 a[4][4];
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) a[t][0] = a[t][1] = a[t][2] = a[t][3] = _mm512_setzero_ps();
     int k = 0;
     for (; k + 64 <= K; k += 64) {
         _mm_prefetch((const char *)(p + k) + PREFETCH_AHEAD, _MM_HINT_T0);
         _mm_prefetch((const char *)(p + k) + PREFETCH_AHEAD + 64, _MM_HINT_T0);
         __m512i v0 = load64(p + k, aligned), v1 = load64(p + k + 32, aligned);
-        a0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)), _mm512_load_ps(x + k), a0);
-        a1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v0, hi)), _mm512_load_ps(x + k + 16), a1);
-        a2 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v1, 16)), _mm512_load_ps(x + k + 32), a2);
-        a3 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v1, hi)), _mm512_load_ps(x + k + 48), a3);
+        __m512 e0 = _mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)), o0 = _mm512_castsi512_ps(_mm512_and_si512(v0, hi));
+        __m512 e1 = _mm512_castsi512_ps(_mm512_slli_epi32(v1, 16)), o1 = _mm512_castsi512_ps(_mm512_and_si512(v1, hi));
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) {
+            const float *xt = x + (size_t)t * ldx + (size_t)k;
+            a[t][0] = _mm512_fmadd_ps(e0, _mm512_load_ps(xt), a[t][0]);
+            a[t][1] = _mm512_fmadd_ps(o0, _mm512_load_ps(xt + 16), a[t][1]);
+            a[t][2] = _mm512_fmadd_ps(e1, _mm512_load_ps(xt + 32), a[t][2]);
+            a[t][3] = _mm512_fmadd_ps(o1, _mm512_load_ps(xt + 48), a[t][3]);
+        }
     }
     for (; k < K; k += 32) {
         __mmask32 m = K - k >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << (K - k)) - 1u);
         __m512i v = _mm512_maskz_loadu_epi16(m, p + k);
-        a0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), _mm512_load_ps(x + k), a0);
-        a1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hi)), _mm512_load_ps(x + k + 16), a1);
+        __m512 e = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), o = _mm512_castsi512_ps(_mm512_and_si512(v, hi));
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) {
+            const float *xt = x + (size_t)t * ldx + (size_t)k;
+            a[t][0] = _mm512_fmadd_ps(e, _mm512_load_ps(xt), a[t][0]);
+            a[t][1] = _mm512_fmadd_ps(o, _mm512_load_ps(xt + 16), a[t][1]);
+        }
     }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-}
-
-static void matvec_bf16(const uint16_t *w, size_t ldw, int r0, int r1, int K, const float *x, const float *bias,
-                        float *y) {
-    for (int r = r0; r < r1; r++) {
-        const uint16_t *p = w + (size_t)r * ldw;
-        float s = ((uintptr_t)p & 63) == 0 ? dot_bf16_row(p, K, x, 1) : dot_bf16_row(p, K, x, 0);
-        y[r] = s + (bias ? bias[r] : 0.0f);
-    }
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++)
+        s[t] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[t][0], a[t][1]), _mm512_add_ps(a[t][2], a[t][3])));
 }
 
 /* 16 weights of an f16 or f32 row, as floats: f16 as one 32-byte load, f32
@@ -275,37 +283,71 @@ INLINE __m512 load16_stream(const void *row, int k, const bmi_dtype dt, const in
     return _mm512_castsi512_ps(load64((const float *)row + k, aligned));
 }
 
-INLINE float dot_plain_row(const char *row, int K, const float *x, const bmi_dtype dt, const int aligned) {
+INLINE void dot_plain_row(const char *row, int K, const float *x, size_t ldx, float *s, const int T,
+                          const bmi_dtype dt, const int aligned) {
     size_t esize = dt == BMI_F16 ? 2 : 4;
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+    __m512 a[4][2];
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) a[t][0] = a[t][1] = _mm512_setzero_ps();
     int k = 0;
     for (; k + 32 <= K; k += 32) {
         _mm_prefetch(row + (size_t)k * esize + PREFETCH_AHEAD, _MM_HINT_T0);
         if (esize == 4) _mm_prefetch(row + (size_t)k * esize + PREFETCH_AHEAD + 64, _MM_HINT_T0);
-        a0 = _mm512_fmadd_ps(load16_stream(row, k, dt, aligned), _mm512_load_ps(x + k), a0);
-        a1 = _mm512_fmadd_ps(load16_stream(row, k + 16, dt, aligned), _mm512_load_ps(x + k + 16), a1);
+        __m512 w0 = load16_stream(row, k, dt, aligned), w1 = load16_stream(row, k + 16, dt, aligned);
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) {
+            const float *xt = x + (size_t)t * ldx + (size_t)k;
+            a[t][0] = _mm512_fmadd_ps(w0, _mm512_load_ps(xt), a[t][0]);
+            a[t][1] = _mm512_fmadd_ps(w1, _mm512_load_ps(xt + 16), a[t][1]);
+        }
     }
-    for (; k < K; k += 16) a0 = _mm512_fmadd_ps(load16(row, k, tail16(K - k), dt), _mm512_load_ps(x + k), a0);
-    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    for (; k < K; k += 16) {
+        __m512 w0 = load16(row, k, tail16(K - k), dt);
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) a[t][0] = _mm512_fmadd_ps(w0, _mm512_load_ps(x + (size_t)t * ldx + (size_t)k), a[t][0]);
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) s[t] = _mm512_reduce_add_ps(_mm512_add_ps(a[t][0], a[t][1]));
 }
 
-INLINE void matvec_plain(const void *w, size_t ldw, int r0, int r1, int K, const float *x, const float *bias,
-                         float *y, const bmi_dtype dt) {
-    size_t esize = dt == BMI_F16 ? 2 : 4;
+/* One row, T tokens (1..4 made constants by the switch), in the row's
+ * alignment; y[t*ldy] = dot + bias. */
+#define STREAM_CASE(T)                                                                                         \
+    case T:                                                                                                    \
+        if (dt == BMI_BF16) {                                                                                  \
+            if (aligned) dot_bf16_row(row, K, x, ldx, s, T, 1);                                                \
+            else dot_bf16_row(row, K, x, ldx, s, T, 0);                                                        \
+        } else if (dt == BMI_F16) {                                                                            \
+            if (aligned) dot_plain_row(row, K, x, ldx, s, T, BMI_F16, 1);                                      \
+            else dot_plain_row(row, K, x, ldx, s, T, BMI_F16, 0);                                              \
+        } else {                                                                                               \
+            if (aligned) dot_plain_row(row, K, x, ldx, s, T, BMI_F32, 1);                                      \
+            else dot_plain_row(row, K, x, ldx, s, T, BMI_F32, 0);                                              \
+        }                                                                                                      \
+        break;
+
+static void stream_rows(const bmi_matrix *W, const float *bias, int r0, int r1, const float *x, size_t ldx, int n_tok,
+                        float *y, size_t ldy) {
+    bmi_dtype dt = W->dtype;
+    size_t row_bytes = (size_t)W->cols * bmi_dtype_size(dt);
+    int K = W->cols;
     for (int r = r0; r < r1; r++) {
-        const char *row = (const char *)w + (size_t)r * ldw * esize;
-        float s = ((uintptr_t)row & 63) == 0 ? dot_plain_row(row, K, x, dt, 1) : dot_plain_row(row, K, x, dt, 0);
-        y[r] = s + (bias ? bias[r] : 0.0f);
+        const void *row = (const char *)W->data + (size_t)r * row_bytes;
+        int aligned = ((uintptr_t)row & 63) == 0;
+        float s[4];
+        switch (n_tok) {
+            STREAM_CASE(1) STREAM_CASE(2) STREAM_CASE(3) STREAM_CASE(4)
+        default: break;
+        }
+        for (int t = 0; t < n_tok; t++) y[(size_t)t * ldy + (size_t)r] = s[t] + (bias ? bias[r] : 0.0f);
     }
 }
 
 static void avx512_matmul_rows(const bmi_matrix *W, const float *bias, int r0, int r1, const float *xp, size_t ldxp,
                                int n_tok, float *y, size_t ldy) {
     size_t esize = bmi_dtype_size(W->dtype), ldw = (size_t)W->cols;
-    if (n_tok == 1) {
-        if (W->dtype == BMI_BF16) matvec_bf16(W->data, ldw, r0, r1, W->cols, xp, bias, y);
-        else if (W->dtype == BMI_F16) matvec_plain(W->data, ldw, r0, r1, W->cols, xp, bias, y, BMI_F16);
-        else matvec_plain(W->data, ldw, r0, r1, W->cols, xp, bias, y, BMI_F32);
+    if (n_tok <= 4) { /* each weight from memory once, used for every token at once */
+        stream_rows(W, bias, r0, r1, xp, ldxp, n_tok, y, ldy);
         return;
     }
     /* Token tiles outer: a tile's packed x rows stay in L1 while the task's
