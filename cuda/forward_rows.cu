@@ -41,6 +41,8 @@ extern "C" {
 #include "rng.h"
 }
 
+#define BMC_FC2_SPLIT 4 /* the most K slices of fc2 (partial sums, eout) */
+
 const int bmc_row_buckets[BMC_ROW_BUCKETS] = {4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024};
 
 static cuda_model *model_ctx(const bm_model *m) { return (cuda_model *)m->backend_ctx; }
@@ -119,7 +121,7 @@ static bm_status reserve_rows(cuda_session *cs, const bm_model *m, int rows) {
     size_t sizes[] = {
         B * 4, B * 4, B * 8, 16, B * 8,                         /* tokens, sampled, state_ptrs, n, u */
         B * d * 4, 2 * B * d * 4, B * d * 4,                    /* res, h, normed_moe */
-        2 * B * 2 * di * 4, 2 * B * xd * 4, B * di * 4, B * 4, 16, B * V * 4, /* xz, xdbl, delta, gate, (eout), logits */
+        2 * B * 2 * di * 4, 2 * B * xd * 4, B * di * 4, B * 4, BMC_FC2_SPLIT * B * d * 4, B * V * 4, /* xz, xdbl, delta, gate, eout (fc2 parts), logits */
         2 * B * d * 2, 2 * B * d * 2, 2 * B * di * 2, 2 * B * di * 2, /* normed16, moe16, u16, y16 */
         16, 2 * B * F * 2, B * d * 2,                           /* (act16), m16, final16 */
         B * 4, B * 4, starts * 4                                /* expert_of, order, expert_start */
@@ -327,7 +329,12 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
             RTRY(bmc_moe_gemm(&ma, wt, st), "expert fc1");
             MARK(9);
             memset(&ma, 0, sizeof ma);
-            ma.mode = BMC_MOE_SCATTER;
+            /* fc2 has few output features and long rows: an MoE layer splits K
+             * (more blocks streaming the experts) into partial sums that the
+             * scatter adds in order; a dense MLP scatters directly */
+            const int split = E >= 2 ? (B <= 256 ? BMC_FC2_SPLIT : 2) : 1;
+            ma.mode = split > 1 ? BMC_MOE_PARTIAL : BMC_MOE_SCATTER;
+            ma.k_split = split;
             ma.N = d;
             ma.K = F;
             ma.E = E;
@@ -340,12 +347,16 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
             ma.expert_start = starts;
             ma.bias = L->fc2_bias;
             ma.bias_stride = d;
-            ma.y = rs->h;
+            ma.y = split > 1 ? rs->eout : rs->h;
             ma.ldy = d;
             ma.y_rows = E >= 2 ? rs->order : NULL;
             ma.gates = E >= 2 ? rs->gate : NULL;
             ma.add = parallel;
             RTRY(bmc_moe_gemm(&ma, wt, st), "expert fc2");
+            if (split > 1)
+                RTRY(bmc_scatter_parts(rs->eout, split, (long long)B * d, rs->n_dev, rs->order, rs->gate, L->fc2_bias,
+                                       rs->expert_of, B, d, parallel, rs->h, st),
+                     "expert outputs to their rows");
             MARK(10);
         }
     }

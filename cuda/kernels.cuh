@@ -274,6 +274,8 @@ cudaError_t bmc_conv_step(const bmc_conv_step_args *a, cudaStream_t stream);
 #define BMC_MOE_GATED 0
 #define BMC_MOE_ACT 1
 #define BMC_MOE_SCATTER 2
+#define BMC_MOE_PARTIAL 3 /* split K over k_split slices: y f32 [k_split][max_rows][N] at the sorted rows, no bias or gate
+                             (bmc_scatter_parts finishes) */
 typedef struct bmc_moe_gemm_args {
     int mode, N, K, E;
     int max_rows;            /* rows in the sorted order at most (sizes the grid) */
@@ -293,6 +295,7 @@ typedef struct bmc_moe_gemm_args {
     const float *gates;      /* SCATTER */
     int add;                 /* SCATTER: add to y (parallel layers) */
     int variant;             /* 0: tile shape chosen from the rows per expert; 1..8: forced (harness timings) */
+    int k_split;             /* PARTIAL: slices of K (grid z), >= 1 */
 } bmc_moe_gemm_args;
 cudaError_t bmc_moe_gemm(const bmc_moe_gemm_args *a, int wtype, cudaStream_t stream);
 
@@ -350,6 +353,12 @@ cudaError_t bmc_gated_act(const void *a, int rows, int F, int swiglu, int act, c
  * gate NULL = 1, bias NULL = 0 (per expert [E, d], e = expert_of[t]). */
 cudaError_t bmc_scatter_rows(const float *y, const int *order, const float *gate, const float *bias,
                              const int *expert_of, int rows, int d, int add, float *h, cudaStream_t stream);
+/* The same over the sum of `parts` partial results part_stride floats apart
+ * (a split-K GEMM's, summed in order), for the rows i < *n_dev when n_dev is
+ * set (the decode row path's live rows). */
+cudaError_t bmc_scatter_parts(const float *y, int parts, long long part_stride, const int *n_dev, const int *order,
+                              const float *gate, const float *bias, const int *expert_of, int rows, int d, int add,
+                              float *h, cudaStream_t stream);
 
 /* ---- sample.cu ------------------------------------------------------------- */
 /* bm_sample on the device (blackmamba.h, Sampling), one block per row of

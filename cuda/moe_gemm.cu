@@ -121,17 +121,20 @@ __global__ void __launch_bounds__(MG_THREADS(TN)) moe_gemm_kernel(const bmc_moe_
 #pragma unroll
         for (int j = 0; j < FN; j++) wmma::fill_fragment(acc[i][j], 0.0f);
 
-    const int nk = (K + MG_TK - 1) / MG_TK;
+    /* this block's slice of K (PARTIAL: blockIdx.z of k_split), in whole k-tiles */
+    const int nk_all = (K + MG_TK - 1) / MG_TK, slices = a.mode == BMC_MOE_PARTIAL ? max(a.k_split, 1) : 1;
+    const int per = (nk_all + slices - 1) / slices, kt0 = (int)blockIdx.z * per;
+    const int nk = max(0, min(nk_all - kt0, per));
 #pragma unroll
     for (int s = 0; s < STAGES - 1; s++) {
-        if (s < nk) load(s, s);
+        if (s < nk) load(s, kt0 + s);
         mg_cp_commit();
     }
     for (int kt = 0; kt < nk; kt++) {
         mg_cp_wait<STAGES - 2>();
         __syncthreads(); /* stage kt is in; everyone is done with the stage refilled next */
         const int next = kt + STAGES - 1;
-        if (next < nk) load(next % STAGES, next);
+        if (next < nk) load(next % STAGES, kt0 + next);
         mg_cp_commit();
         const T *As = stage_a(kt % STAGES), *Ls = stage_lo(kt % STAGES), *Bs = stage_b(kt % STAGES);
 #pragma unroll
@@ -192,6 +195,13 @@ __global__ void __launch_bounds__(MG_THREADS(TN)) moe_gemm_kernel(const bmc_moe_
             y16[(size_t)gr * a.ldy + on] = hi;
             if (a.y_lo_rows > 0) y16[(size_t)(gr + a.y_lo_rows) * a.ldy + on] = bmc_from_float<T>(v - bmc_to_float<T>(hi));
         }
+    } else if (a.mode == BMC_MOE_PARTIAL) {
+        float *part = reinterpret_cast<float *>(a.y) + (size_t)blockIdx.z * a.max_rows * a.N;
+        for (int i = tid; i < TM * TN; i += THREADS) {
+            const int r = i / TN, n = i % TN, gr = r0 + r, on = out0 + n;
+            if (gr >= r1 || on >= a.N) continue;
+            part[(size_t)gr * a.N + on] = Cs[r * LDC + n];
+        }
     } else {
         for (int i = tid; i < TM * TN; i += THREADS) {
             const int r = i / TN, n = i % TN, gr = r0 + r, on = out0 + n;
@@ -212,7 +222,8 @@ static cudaError_t mg_launch(const bmc_moe_gemm_args *a, cudaStream_t stream) {
     if (e != cudaSuccess) return e;
     const int per_tile = a->mode == BMC_MOE_GATED ? TN / 2 : TN;
     const dim3 grid((unsigned)((a->max_rows + TM - 1) / TM + (a->expert_start ? a->E : 0)),
-                    (unsigned)((a->N + per_tile - 1) / per_tile));
+                    (unsigned)((a->N + per_tile - 1) / per_tile),
+                    (unsigned)(a->mode == BMC_MOE_PARTIAL ? (a->k_split > 0 ? a->k_split : 1) : 1));
     moe_gemm_kernel<T, TM, TN, STAGES><<<grid, MG_THREADS(TN), smem, stream>>>(*a);
     return cudaGetLastError();
 }
@@ -234,6 +245,11 @@ template <typename T> static cudaError_t mg_dispatch(const bmc_moe_gemm_args *a,
     default: break;
     }
     const int per_expert = a->max_rows / (a->expert_start ? a->E : 1);
+    if (a->mode == BMC_MOE_PARTIAL) { /* fc2 split over K: wide tiles, the slices give the blocks */
+        if (per_expert <= 16) return mg_launch<T, 16, 128, 4>(a, stream);
+        if (per_expert <= 32) return mg_launch<T, 32, 128, 4>(a, stream);
+        return mg_launch<T, 64, 128, 3>(a, stream);
+    }
     if (a->mode == BMC_MOE_SCATTER) {
         if (per_expert <= 16) return mg_launch<T, 16, 64, 4>(a, stream);
         if (per_expert <= 32) return mg_launch<T, 32, 64, 4>(a, stream);

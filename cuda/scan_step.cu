@@ -80,64 +80,67 @@ __global__ void __launch_bounds__(STEP_THREADS) scan_step_kernel(const bmc_step_
     }
 }
 
-/* The row path (delta from a GEMM, 16-bit y halves): each block takes
- * SCAN_ROWS streams in turn for its 16 channels, so a step of many streams is
- * a few thousand blocks rather than one per (stream, 16 channels); each
- * group of rows loads all its inputs before computing, to keep several
- * state reads in flight. */
-#define SCAN_ROWS 8
+/* The row path (delta from a GEMM, 16-bit y halves). A block takes 16
+ * channels (16 lanes each, one per state entry) for SCAN_ROWS streams. The
+ * per-stream scalars of a channel (softplus of delta, u, SiLU(z), the state
+ * pointer) are computed once, lane j for stream j of a group of 16, and
+ * passed around by shuffles; the state entries of 4 streams are loaded
+ * before any is updated, to keep several reads in flight. */
+#define SCAN_ROWS 16
 #define SCAN_GROUP 4
 template <typename T>
 __global__ void __launch_bounds__(STEP_THREADS) scan_rows_kernel(const bmc_step_scan_args a) {
     const int n = threadIdx.x & (BMC_D_STATE - 1);
-    const int ch = blockIdx.x * CHANNELS_PER_BLOCK + threadIdx.x / BMC_D_STATE;
-    if (ch >= a.di) return; /* a whole 16-lane group: the shuffles stay within live lanes */
-    const int c = ch;
+    const int c = blockIdx.x * CHANNELS_PER_BLOCK + threadIdx.x / BMC_D_STATE;
+    if (c >= a.di) return; /* whole warps: di is a multiple of 8, a warp holds 2 channels */
     const float A = a.A[(size_t)c * BMC_D_STATE + n], Dc = a.D[c], bias = a.dt_bias[c];
     T *y16 = reinterpret_cast<T *>(a.y16);
-    const int b_end = min(a.nb, (int)(blockIdx.y + 1) * SCAN_ROWS);
-    for (int b0 = blockIdx.y * SCAN_ROWS; b0 < b_end; b0 += SCAN_GROUP) {
+    const int b0 = blockIdx.y * SCAN_ROWS, b_end = min(a.nb, b0 + SCAN_ROWS);
+    /* lane n: stream b0 + n's scalars for this channel */
+    const int bn = b0 + n;
+    float *sp_n = bn < b_end ? a.state_ptrs[bn] : nullptr;
+    float delta_n = 0.0f, u_n = 0.0f, gz_n = 0.0f;
+    if (sp_n) {
+        delta_n = bmc_softplus(a.delta_raw[(size_t)bn * a.di + c] + bias);
+        u_n = a.xz[(size_t)bn * 2 * a.di + c];
+        gz_n = bmc_silu(a.xz[(size_t)bn * 2 * a.di + a.di + c]);
+    }
+    float y_n = 0.0f;
+    const int rows = b_end - b0;
+    for (int j0 = 0; j0 < rows; j0 += SCAN_GROUP) {
         float *sp[SCAN_GROUP];
-        float s[SCAN_GROUP], dt[SCAN_GROUP], u[SCAN_GROUP], z[SCAN_GROUP], Bn[SCAN_GROUP], Cn[SCAN_GROUP];
+        float s[SCAN_GROUP], Bn[SCAN_GROUP], Cn[SCAN_GROUP];
 #pragma unroll
-        for (int j = 0; j < SCAN_GROUP; j++) {
-            const int b = b0 + j;
-            sp[j] = b < b_end ? a.state_ptrs[b] : nullptr;
-            if (sp[j]) {
-                const float *xd = a.xdbl + (size_t)b * a.ldxdbl;
-                s[j] = sp[j][a.ssm_offset + (size_t)c * BMC_D_STATE + n];
-                dt[j] = a.delta_raw[(size_t)b * a.di + c];
-                u[j] = a.xz[(size_t)b * 2 * a.di + c];
-                z[j] = a.xz[(size_t)b * 2 * a.di + a.di + c];
-                Bn[j] = xd[a.R + n];
-                Cn[j] = xd[a.R + BMC_D_STATE + n];
+        for (int k = 0; k < SCAN_GROUP; k++) {
+            const int j = j0 + k;
+            sp[k] = (float *)__shfl_sync(0xffffffffu, (unsigned long long)sp_n, j & 15, BMC_D_STATE);
+            if (j >= rows) sp[k] = nullptr;
+            if (sp[k]) {
+                const float *xd = a.xdbl + (size_t)(b0 + j) * a.ldxdbl;
+                s[k] = sp[k][a.ssm_offset + (size_t)c * BMC_D_STATE + n];
+                Bn[k] = xd[a.R + n];
+                Cn[k] = xd[a.R + BMC_D_STATE + n];
             }
         }
 #pragma unroll
-        for (int j = 0; j < SCAN_GROUP; j++) {
-            const int b = b0 + j;
-            if (b >= b_end) break;
-            if (!sp[j]) { /* padding row of a batch bucket: no state, y = 0 */
-                if (n == 0) {
-                    y16[(size_t)b * a.di + c] = bmc_from_float<T>(0.0f);
-                    if (a.y_lo_rows > 0) y16[(size_t)(b + a.y_lo_rows) * a.di + c] = bmc_from_float<T>(0.0f);
-                }
-                continue;
-            }
-            const float delta = bmc_softplus(dt[j] + bias);
-            const float st = expf(delta * A) * s[j] + delta * u[j] * Bn[j];
-            sp[j][a.ssm_offset + (size_t)c * BMC_D_STATE + n] = st;
-            float y = st * Cn[j];
+        for (int k = 0; k < SCAN_GROUP; k++) {
+            const int j = j0 + k;
+            const float delta = __shfl_sync(0xffffffffu, delta_n, j & 15, BMC_D_STATE);
+            const float u = __shfl_sync(0xffffffffu, u_n, j & 15, BMC_D_STATE);
+            if (!sp[k]) continue; /* the same for the whole warp: both channels see the same streams */
+            const float st = expf(delta * A) * s[k] + delta * u * Bn[k];
+            sp[k][a.ssm_offset + (size_t)c * BMC_D_STATE + n] = st;
+            float y = st * Cn[k];
 #pragma unroll
             for (int o = BMC_D_STATE / 2; o > 0; o >>= 1) y += __shfl_xor_sync(0xffffffffu, y, o, BMC_D_STATE);
-            if (n == 0) {
-                const float out = (y + Dc * u[j]) * bmc_silu(z[j]);
-                const T hi = bmc_from_float<T>(out);
-                y16[(size_t)b * a.di + c] = hi;
-                if (a.y_lo_rows > 0)
-                    y16[(size_t)(b + a.y_lo_rows) * a.di + c] = bmc_from_float<T>(out - bmc_to_float<T>(hi));
-            }
+            if (n == j) y_n = y;
         }
+    }
+    if (bn < b_end) { /* lane n writes stream bn's output; padding rows (no state) get y = 0 */
+        const float out = sp_n ? (y_n + Dc * u_n) * gz_n : 0.0f;
+        const T hi = bmc_from_float<T>(out);
+        y16[(size_t)bn * a.di + c] = hi;
+        if (a.y_lo_rows > 0) y16[(size_t)(bn + a.y_lo_rows) * a.di + c] = bmc_from_float<T>(out - bmc_to_float<T>(hi));
     }
 }
 

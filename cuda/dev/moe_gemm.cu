@@ -131,6 +131,41 @@ static void check_case(int E, int rows, int K, int N, const int *counts, int spl
         free(yh);
         cudaFree(d_y);
     }
+    {   /* fc2 split over K (3 slices, partial sums) + bmc_scatter_parts */
+        int *d_expert_of = NULL;
+        int *expert_of = (int *)malloc(rows * 4);
+        for (int e = 0; e < E; e++)
+            for (int r = start[e]; r < start[e + 1]; r++) expert_of[order[r]] = e;
+        d_expert_of = dev_upload(expert_of, rows);
+        int nrows = rows, *d_n = dev_upload(&nrows, 1);
+        float *d_part = dev_alloc_poisoned<float>((size_t)3 * rows * K), *d_y = dev_alloc_poisoned<float>((size_t)rows * K);
+        memset(&a, 0, sizeof a);
+        a.mode = BMC_MOE_PARTIAL;
+        a.k_split = 3;
+        a.N = K;
+        a.K = N;
+        a.E = E;
+        a.max_rows = rows;
+        a.X = d_m;
+        a.ldx = N;
+        a.W = d_w2;
+        a.expert_stride = (long long)K * N;
+        a.expert_start = d_start;
+        a.y = d_part;
+        a.ldy = K;
+        a.x_lo_rows = split ? rows : 0;
+        DEV_CUDA(bmc_moe_gemm(&a, BMC_BF16, 0));
+        DEV_CUDA(bmc_scatter_parts(d_part, 3, (long long)rows * K, d_n, d_order, d_g, d_b2, d_expert_of, rows, K, 0, d_y, 0));
+        DEV_CUDA(cudaDeviceSynchronize());
+        float *yh = (float *)malloc((size_t)rows * K * 4);
+        dev_download(yh, d_y, (size_t)rows * K);
+        double e3 = dev_rel_error(yh, y_ref, (size_t)rows * K);
+        printf("  fc2 split over K in 3 + scatter of the parts%s, E %d rows %d: rel err %.2e\n", split ? " (two halves)" : "",
+               E, rows, e3);
+        DEV_CHECK(e3 < 1e-4, "fc2 split rel err %.3e", e3);
+        free(yh); free(expert_of);
+        cudaFree(d_part); cudaFree(d_y); cudaFree(d_n); cudaFree(d_expert_of);
+    }
     free(xs); free(x); free(w1); free(w2); free(b1); free(b2); free(gates); free(y0); free(xh); free(w1h); free(w2h);
     free(start); free(order); free(m_ref); free(y_ref); free(y_add); free(m_q); free(mh); free(mf);
     cudaFree(d_x); cudaFree(d_w1); cudaFree(d_w2); cudaFree(d_b1); cudaFree(d_b2); cudaFree(d_g);
@@ -160,7 +195,7 @@ int main(void) {
     printf("  2.8B experts, inputs in two halves: fc1 / fc2 us per tile shape (TMxTN/stages), and the auto choice's GB/s, TFLOP/s\n");
     printf("  %-6s", "rows");
     for (int v = 0; v < 9; v++) printf(" %15s", shapes[v]);
-    printf(" %8s %8s\n", "GB/s", "TFLOP/s");
+    printf(" %8s %8s %14s\n", "GB/s", "TFLOP/s", "fc2 split+sc");
     const int row_counts[5] = {16, 64, 128, 256, 1024};
     for (int ri = 0; ri < 5; ri++) {
         const int rows = row_counts[ri];
@@ -194,7 +229,22 @@ int main(void) {
             printf(" %15s", cell);
         }
         const double bytes = (w1n + w2n) * 2.0, flops = 2.0 * rows * (2.0 * F * d + (double)d * F);
-        printf(" %8.0f %8.1f\n", bytes / (t_auto * 1e-6) / 1e9, flops / (t_auto * 1e-6) / 1e12);
+        /* fc2 as the row path runs it: split over K, then the parts scattered */
+        const int split = rows <= 256 ? 4 : 2;
+        float *d_part = dev_alloc_poisoned<float>((size_t)split * rows * d);
+        int *d_n = dev_upload(&rows, 1);
+        bmc_moe_gemm_args a3 = a2;
+        a3.variant = 0;
+        a3.mode = BMC_MOE_PARTIAL;
+        a3.k_split = split;
+        a3.y = d_part;
+        const double t3 = dev_time_us(15, [&](int) {
+            DEV_CUDA(bmc_moe_gemm(&a3, BMC_BF16, 0));
+            DEV_CUDA(bmc_scatter_parts(d_part, split, (long long)rows * d, d_n, d_order, d_g, NULL, NULL, rows, d, 0, d_y, 0));
+        });
+        printf(" %8.0f %8.1f %10.0f (%d)\n", bytes / (t_auto * 1e-6) / 1e9, flops / (t_auto * 1e-6) / 1e12, t3, split);
+        cudaFree(d_part);
+        cudaFree(d_n);
         free(xh); free(gates); free(order);
         cudaFree(d_x); cudaFree(d_m); cudaFree(d_y); cudaFree(d_start); cudaFree(d_order); cudaFree(d_g);
     }
