@@ -294,7 +294,7 @@ typedef struct bmc_moe_gemm_args {
     const int *y_rows;       /* SCATTER */
     const float *gates;      /* SCATTER */
     int add;                 /* SCATTER: add to y (parallel layers) */
-    int variant;             /* 0: tile shape chosen from the rows per expert; 1..8: forced (harness timings) */
+    int variant;             /* 0: tile shape chosen from the rows per expert; 1..9: forced (harness) */
     int k_split;             /* PARTIAL: slices of K (grid z), >= 1 */
 } bmc_moe_gemm_args;
 cudaError_t bmc_moe_gemm(const bmc_moe_gemm_args *a, int wtype, cudaStream_t stream);

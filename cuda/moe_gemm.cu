@@ -232,6 +232,23 @@ static cudaError_t mg_launch(const bmc_moe_gemm_args *a, cudaStream_t stream) {
  * (less padding work; weights streamed once), 32 up to 32, else 64. fc2
  * (scatter) has few output features (d): narrower tiles give more blocks.
  * a->variant (harness measurements) forces one of the shapes below. */
+/* The shared memory a block may opt into on the current device (227 KB on
+ * sm_90, 163 KB on sm_80, 99 KB on sm_86 and sm_89). */
+static int mg_smem_optin(void) {
+    int dev = 0, v = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) !=
+                                                  cudaSuccess)
+        return 48 * 1024;
+    return v;
+}
+
+/* The tile with STAGES stages where it fits the device, else with 2. */
+template <typename T, int TM, int TN, int STAGES>
+static cudaError_t mg_fit(const bmc_moe_gemm_args *a, cudaStream_t stream) {
+    if (MG_SMEM(TM, TN, STAGES) + 1024 <= (size_t)mg_smem_optin()) return mg_launch<T, TM, TN, STAGES>(a, stream);
+    return mg_launch<T, TM, TN, 2>(a, stream);
+}
+
 template <typename T> static cudaError_t mg_dispatch(const bmc_moe_gemm_args *a, cudaStream_t stream) {
     switch (a->variant) {
     case 1: return mg_launch<T, 16, 128, 4>(a, stream);
@@ -242,26 +259,27 @@ template <typename T> static cudaError_t mg_dispatch(const bmc_moe_gemm_args *a,
     case 6: return mg_launch<T, 64, 128, 3>(a, stream);
     case 7: return mg_launch<T, 64, 64, 3>(a, stream);
     case 8: return mg_launch<T, 16, 64, 6>(a, stream);
+    case 9: return mg_launch<T, 64, 128, 2>(a, stream); /* the fallback of devices with less shared memory */
     default: break;
     }
     const int per_expert = a->max_rows / (a->expert_start ? a->E : 1);
     if (a->mode == BMC_MOE_PARTIAL) { /* fc2 split over K: wide tiles, the slices give the blocks */
-        if (per_expert <= 16) return mg_launch<T, 16, 128, 4>(a, stream);
-        if (per_expert <= 32) return mg_launch<T, 32, 128, 4>(a, stream);
-        return mg_launch<T, 64, 128, 3>(a, stream);
+        if (per_expert <= 16) return mg_fit<T, 16, 128, 4>(a, stream);
+        if (per_expert <= 32) return mg_fit<T, 32, 128, 4>(a, stream);
+        return mg_fit<T, 64, 128, 3>(a, stream);
     }
     if (a->mode == BMC_MOE_SCATTER) {
-        if (per_expert <= 16) return mg_launch<T, 16, 64, 4>(a, stream);
-        if (per_expert <= 32) return mg_launch<T, 32, 64, 4>(a, stream);
-        return mg_launch<T, 64, 64, 3>(a, stream);
+        if (per_expert <= 16) return mg_fit<T, 16, 64, 4>(a, stream);
+        if (per_expert <= 32) return mg_fit<T, 32, 64, 4>(a, stream);
+        return mg_fit<T, 64, 64, 3>(a, stream);
     }
-    if (per_expert <= 16) return mg_launch<T, 16, 128, 4>(a, stream);
-    if (per_expert <= 32) return mg_launch<T, 32, 128, 4>(a, stream);
-    return mg_launch<T, 64, 128, 3>(a, stream);
+    if (per_expert <= 16) return mg_fit<T, 16, 128, 4>(a, stream);
+    if (per_expert <= 32) return mg_fit<T, 32, 128, 4>(a, stream);
+    return mg_fit<T, 64, 128, 3>(a, stream);
 }
 
 cudaError_t bmc_moe_gemm(const bmc_moe_gemm_args *a, int wtype, cudaStream_t stream) {
     if (a->max_rows <= 0 || a->N <= 0) return cudaSuccess;
-    if (a->K % 8 || a->E < 1 || a->E > 64 || a->variant < 0 || a->variant > 8) return cudaErrorInvalidValue;
+    if (a->K % 8 || a->E < 1 || a->E > 64 || a->variant < 0 || a->variant > 9) return cudaErrorInvalidValue;
     return wtype == BMC_F16 ? mg_dispatch<__half>(a, stream) : mg_dispatch<__nv_bfloat16>(a, stream);
 }

@@ -98,6 +98,23 @@ static void check_case(int E, int rows, int K, int N, const int *counts, int spl
     printf("  fc1 gated GELU%s, E %d rows %d K %d N %d: rel err %.2e\n", split ? " (f32 input as two halves)" : "", E,
            rows, K, N, e1);
     DEV_CHECK(e1 < (split ? 1e-4 : 1e-2), "fc1 rel err %.3e", e1);
+    { /* the two-stage pipeline that devices with less shared memory (sm_86, sm_89) fall back to */
+        uint16_t *d_m2 = dev_alloc_poisoned<uint16_t>((size_t)2 * rows * N);
+        bmc_moe_gemm_args b = a;
+        b.variant = 9;
+        b.y = d_m2;
+        DEV_CUDA(bmc_moe_gemm(&b, BMC_BF16, 0));
+        DEV_CUDA(cudaDeviceSynchronize());
+        uint16_t *mh2 = (uint16_t *)malloc((size_t)2 * rows * N * 2);
+        dev_download(mh2, d_m2, (size_t)(split ? 2 : 1) * rows * N);
+        float *mf2 = (float *)malloc((size_t)rows * N * 4);
+        for (size_t i = 0; i < (size_t)rows * N; i++)
+            mf2[i] = dev_from_bf16(mh2[i]) + (split ? dev_from_bf16(mh2[(size_t)rows * N + i]) : 0.0f);
+        double e9 = dev_rel_error(mf2, m_ref, (size_t)rows * N);
+        printf("  fc1, 64x128 tiles in a 2-stage pipeline: rel err %.2e\n", e9);
+        DEV_CHECK(e9 < (split ? 1e-4 : 1e-2), "fc1 2-stage rel err %.3e", e9);
+        free(mh2); free(mf2); cudaFree(d_m2);
+    }
     /* fc2 from the GPU's own m (bf16), store then add */
     for (int add = 0; add < 2; add++) {
         float *d_y = add ? dev_upload(y0, (size_t)rows * K) : dev_alloc_poisoned<float>((size_t)rows * K);
