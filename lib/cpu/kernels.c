@@ -252,9 +252,10 @@ void bmi_cpu_matmul(const bmi_cpu_path *path, bmi_pool *pool, float *pack, const
     else
         for (int t = 0; t < n_tok; t++)
             path->pack(W->dtype, x + (size_t)t * (size_t)ldx, W->cols, pack + (size_t)t * j.ldxp);
-    /* Few tokens: stream the weights once, cut into enough row ranges to keep
-     * every thread busy. Many tokens: blocks of tokens whose packed rows fit in
-     * L2, each block against every row range. */
+    /* Few tokens: stream the weights once, cut into enough row ranges (of at
+     * least MATMUL_SERIAL_MACS each) to keep every thread busy to the end.
+     * Many tokens: token blocks of up to MATMUL_X_BLOCK_BYTES, each against
+     * row ranges of at most 64 rows (a few hundred KB of weights: L2). */
     int tok_block = (int)(MATMUL_X_BLOCK_BYTES / (j.ldxp * sizeof(float)));
     tok_block = tok_block < 8 ? 8 : tok_block / 4 * 4;
     if (n_tok <= tok_block) tok_block = n_tok;
