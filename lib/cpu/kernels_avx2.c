@@ -9,7 +9,8 @@
  * - f16: vcvtph2ps; f32 as is. x is packed unchanged.
  * AVX2 has no 16-bit masked load, so a row's last partial block is copied
  * into a zeroed buffer first (never reading past the row). Tiles of 4 rows x
- * up to 3 tokens; decode (one token) reads row by row in address order. */
+ * up to 3 tokens (more than 4 tokens); decode (1 to 4 tokens) reads row by
+ * row in address order. */
 #include "kernels_simd.h"
 
 #if BMI_CPU_X86
@@ -215,57 +216,101 @@ static void tile(bmi_dtype dt, const void *w, size_t ldw, int K, const float *x,
     }
 }
 
-/* One token (decode): row by row, the weights in address order with
- * software prefetch, four accumulators per row. */
-static void matvec_bf16(const uint16_t *w, size_t ldw, int r0, int r1, int K, const float *x, const float *bias,
-                        float *y) {
+/* Few tokens (decode, small batches): row by row, the weights in address
+ * order with software prefetch, each used for all T <= 4 tokens (their x rows
+ * stay in L1). s[t] = row . x_t. */
+INLINE void dot_bf16_row(const uint16_t *p, int K, const float *x, size_t ldx, float *s, const int T) {
     const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
-    for (int r = r0; r < r1; r++) {
-        const uint16_t *p = w + (size_t)r * ldw;
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        int k = 0;
-        for (; k + 32 <= K; k += 32) {
-            _mm_prefetch((const char *)(p + k) + PREFETCH_AHEAD, _MM_HINT_T0);
-            __m256i v0 = _mm256_loadu_si256((const __m256i *)(p + k)),
-                    v1 = _mm256_loadu_si256((const __m256i *)(p + k + 16));
-            a0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v0, 16)), _mm256_load_ps(x + k), a0);
-            a1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v0, hi)), _mm256_load_ps(x + k + 8), a1);
-            a2 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v1, 16)), _mm256_load_ps(x + k + 16), a2);
-            a3 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v1, hi)), _mm256_load_ps(x + k + 24), a3);
+    const int j = T <= 2 ? 2 : 0; /* up to 2 tokens: four accumulators each, for shorter FMA chains */
+    __m256 a[4][4];
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) a[t][0] = a[t][1] = a[t][2] = a[t][3] = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 32 <= K; k += 32) {
+        _mm_prefetch((const char *)(p + k) + PREFETCH_AHEAD, _MM_HINT_T0);
+        __m256i v0 = _mm256_loadu_si256((const __m256i *)(p + k)),
+                v1 = _mm256_loadu_si256((const __m256i *)(p + k + 16));
+        __m256 e0 = _mm256_castsi256_ps(_mm256_slli_epi32(v0, 16)), o0 = _mm256_castsi256_ps(_mm256_and_si256(v0, hi));
+        __m256 e1 = _mm256_castsi256_ps(_mm256_slli_epi32(v1, 16)), o1 = _mm256_castsi256_ps(_mm256_and_si256(v1, hi));
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) {
+            const float *xt = x + (size_t)t * ldx + (size_t)k;
+            a[t][0] = _mm256_fmadd_ps(e0, _mm256_load_ps(xt), a[t][0]);
+            a[t][1] = _mm256_fmadd_ps(o0, _mm256_load_ps(xt + 8), a[t][1]);
+            a[t][j] = _mm256_fmadd_ps(e1, _mm256_load_ps(xt + 16), a[t][j]);
+            a[t][j + 1] = _mm256_fmadd_ps(o1, _mm256_load_ps(xt + 24), a[t][j + 1]);
         }
-        for (; k < K; k += 16) {
-            __m256i v = K - k >= 16 ? _mm256_loadu_si256((const __m256i *)(p + k)) : load_tail16(p + k, K - k);
-            a0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), _mm256_load_ps(x + k), a0);
-            a1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v, hi)), _mm256_load_ps(x + k + 8), a1);
-        }
-        y[r] = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))) + (bias ? bias[r] : 0.0f);
     }
+    for (; k < K; k += 16) {
+        __m256i v = K - k >= 16 ? _mm256_loadu_si256((const __m256i *)(p + k)) : load_tail16(p + k, K - k);
+        __m256 e = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), o = _mm256_castsi256_ps(_mm256_and_si256(v, hi));
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) {
+            const float *xt = x + (size_t)t * ldx + (size_t)k;
+            a[t][0] = _mm256_fmadd_ps(e, _mm256_load_ps(xt), a[t][0]);
+            a[t][1] = _mm256_fmadd_ps(o, _mm256_load_ps(xt + 8), a[t][1]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++)
+        s[t] = hsum8(_mm256_add_ps(_mm256_add_ps(a[t][0], a[t][1]), _mm256_add_ps(a[t][2], a[t][3])));
 }
 
-INLINE void matvec_plain(const void *w, size_t ldw, int r0, int r1, int K, const float *x, const float *bias,
-                         float *y, const bmi_dtype dt) {
+INLINE void dot_plain_row(const char *row, int K, const float *x, size_t ldx, float *s, const int T,
+                          const bmi_dtype dt) {
     size_t esize = dt == BMI_F16 ? 2 : 4;
-    for (int r = r0; r < r1; r++) {
-        const char *row = (const char *)w + (size_t)r * ldw * esize;
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0;
-        int k = 0;
-        for (; k + 16 <= K; k += 16) {
-            _mm_prefetch(row + (size_t)k * esize + PREFETCH_AHEAD, _MM_HINT_T0);
-            a0 = _mm256_fmadd_ps(load8(row, k, K, dt), _mm256_load_ps(x + k), a0);
-            a1 = _mm256_fmadd_ps(load8(row, k + 8, K, dt), _mm256_load_ps(x + k + 8), a1);
+    __m256 a[4][2];
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) a[t][0] = a[t][1] = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        _mm_prefetch(row + (size_t)k * esize + PREFETCH_AHEAD, _MM_HINT_T0);
+        __m256 w0 = load8(row, k, K, dt), w1 = load8(row, k + 8, K, dt);
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) {
+            const float *xt = x + (size_t)t * ldx + (size_t)k;
+            a[t][0] = _mm256_fmadd_ps(w0, _mm256_load_ps(xt), a[t][0]);
+            a[t][1] = _mm256_fmadd_ps(w1, _mm256_load_ps(xt + 8), a[t][1]);
         }
-        for (; k < K; k += 8) a0 = _mm256_fmadd_ps(load8(row, k, K, dt), _mm256_load_ps(x + k), a0);
-        y[r] = hsum8(_mm256_add_ps(a0, a1)) + (bias ? bias[r] : 0.0f);
+    }
+    for (; k < K; k += 8) {
+        __m256 w0 = load8(row, k, K, dt);
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++)
+            a[t][0] = _mm256_fmadd_ps(w0, _mm256_load_ps(x + (size_t)t * ldx + (size_t)k), a[t][0]);
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) s[t] = hsum8(_mm256_add_ps(a[t][0], a[t][1]));
+}
+
+#define STREAM_CASE(T)                                                                                         \
+    case T:                                                                                                    \
+        if (dt == BMI_BF16) dot_bf16_row(row, K, x, ldx, s, T);                                                \
+        else if (dt == BMI_F16) dot_plain_row(row, K, x, ldx, s, T, BMI_F16);                                  \
+        else dot_plain_row(row, K, x, ldx, s, T, BMI_F32);                                                     \
+        break;
+
+static void stream_rows(const bmi_matrix *W, const float *bias, int r0, int r1, const float *x, size_t ldx, int n_tok,
+                        float *y, size_t ldy) {
+    bmi_dtype dt = W->dtype;
+    size_t row_bytes = (size_t)W->cols * bmi_dtype_size(dt);
+    int K = W->cols;
+    for (int r = r0; r < r1; r++) {
+        const void *row = (const char *)W->data + (size_t)r * row_bytes;
+        float s[4];
+        switch (n_tok) {
+            STREAM_CASE(1) STREAM_CASE(2) STREAM_CASE(3) STREAM_CASE(4)
+        default: break;
+        }
+        for (int t = 0; t < n_tok; t++) y[(size_t)t * ldy + (size_t)r] = s[t] + (bias ? bias[r] : 0.0f);
     }
 }
 
 static void avx2_matmul_rows(const bmi_matrix *W, const float *bias, int r0, int r1, const float *xp, size_t ldxp,
                              int n_tok, float *y, size_t ldy) {
     size_t esize = bmi_dtype_size(W->dtype), ldw = (size_t)W->cols;
-    if (n_tok == 1) {
-        if (W->dtype == BMI_BF16) matvec_bf16(W->data, ldw, r0, r1, W->cols, xp, bias, y);
-        else if (W->dtype == BMI_F16) matvec_plain(W->data, ldw, r0, r1, W->cols, xp, bias, y, BMI_F16);
-        else matvec_plain(W->data, ldw, r0, r1, W->cols, xp, bias, y, BMI_F32);
+    if (n_tok <= 4) { /* each weight from memory once, used for every token at once */
+        stream_rows(W, bias, r0, r1, xp, ldxp, n_tok, y, ldy);
         return;
     }
     for (int t = 0; t < n_tok; t += 3) {

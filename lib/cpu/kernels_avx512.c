@@ -304,7 +304,8 @@ INLINE void dot_plain_row(const char *row, int K, const float *x, size_t ldx, fl
     for (; k < K; k += 16) {
         __m512 w0 = load16(row, k, tail16(K - k), dt);
 #pragma GCC unroll 4
-        for (int t = 0; t < T; t++) a[t][0] = _mm512_fmadd_ps(w0, _mm512_load_ps(x + (size_t)t * ldx + (size_t)k), a[t][0]);
+        for (int t = 0; t < T; t++)
+            a[t][0] = _mm512_fmadd_ps(w0, _mm512_load_ps(x + (size_t)t * ldx + (size_t)k), a[t][0]);
     }
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++) s[t] = _mm512_reduce_add_ps(_mm512_add_ps(a[t][0], a[t][1]));
