@@ -5,7 +5,7 @@
 #   sh test/fuzz/run_fuzz.sh NAME CPU_SECONDS [FUZZ_BUILD] [SEEDS]
 #
 # NAME is a target (config, safetensors, state, tokenize, tokenizer_json,
-# torch). FUZZ_BUILD (default build-fuzz) holds fuzz_NAME; the growing corpus
+# torch, weights). FUZZ_BUILD (default build-fuzz) holds fuzz_NAME; the growing corpus
 # goes to FUZZ_BUILD/corpus/NAME, crashes to FUZZ_BUILD/artifacts/NAME/, the
 # log to FUZZ_BUILD/NAME.log. It starts from that corpus, the committed
 # test/fuzz/corpus/NAME and SEEDS/NAME (default FUZZ_BUILD/seeds, made by
