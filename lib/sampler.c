@@ -29,11 +29,15 @@ typedef struct candidate {
 
 /* The running choice of candidates. As a heap its root is the worst one kept,
  * so deciding whether a new logit gets in is one comparison. */
+/* The largest of a block of logits (see block_max_portable). */
+typedef float (*block_max_fn)(const float *x);
+
 typedef struct selection {
     candidate *items;
     size_t count;
     size_t cap;
-    int is_heap; /* 0: keep every candidate, in id order */
+    int is_heap;            /* 0: keep every candidate, in id order */
+    block_max_fn block_max; /* the fastest this processor runs */
 } selection;
 
 BM_API void bm_sampler_params_init(bm_sampler_params *p) {
@@ -159,6 +163,36 @@ static void offer(selection *sel, int32_t id, float logit) {
 
 #define SKIP_BLOCK 64
 
+/* The largest of SKIP_BLOCK logits; NaN never wins. Eight independent lanes
+ * the compiler turns into vector max instructions of the baseline ISA. */
+static float block_max_portable(const float *x) {
+    float lane[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    for (int k = 0; k < SKIP_BLOCK; k += 8)
+        for (int l = 0; l < 8; l++) lane[l] = x[k + l] > lane[l] ? x[k + l] : lane[l];
+    float m = lane[0];
+    for (int l = 1; l < 8; l++) m = lane[l] > m ? lane[l] : m;
+    return m;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_BLOCK_MAX_AVX512 1
+/* The same with AVX-512: max(x, acc) returns acc when x is NaN, so NaN never
+ * enters the accumulator. */
+__attribute__((target("avx512f"))) static float block_max_avx512(const float *x) {
+    __m512 acc = _mm512_set1_ps(-INFINITY);
+    for (int k = 0; k < SKIP_BLOCK; k += 16) acc = _mm512_max_ps(_mm512_loadu_ps(x + k), acc);
+    return _mm512_reduce_max_ps(acc);
+}
+#endif
+
+static block_max_fn choose_block_max(void) {
+#ifdef HAVE_BLOCK_MAX_AVX512
+    if (__builtin_cpu_supports("avx512f")) return block_max_avx512;
+#endif
+    return block_max_portable;
+}
+
 /* Offer the unpenalised ids [begin, end). Without a heap the cap is the whole
  * range, so the first loop takes every id and the second never runs. */
 static void offer_run(selection *sel, const float *logits, int32_t begin, int32_t end) {
@@ -172,16 +206,9 @@ static void offer_run(selection *sel, const float *logits, int32_t begin, int32_
         /* Skip whole blocks that cannot beat the worst kept logit: the block
          * maximum is eight independent lanes the compiler turns into vector
          * max instructions (NaN never wins a lane, as in the loop below). */
-        if (end - i >= SKIP_BLOCK) {
-            float lane[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
-            for (int32_t k = 0; k < SKIP_BLOCK; k += 8)
-                for (int l = 0; l < 8; l++) lane[l] = logits[i + k + l] > lane[l] ? logits[i + k + l] : lane[l];
-            float block_max = lane[0];
-            for (int l = 1; l < 8; l++) block_max = lane[l] > block_max ? lane[l] : block_max;
-            if (!(block_max > worst_kept)) {
-                i += SKIP_BLOCK;
-                continue;
-            }
+        if (end - i >= SKIP_BLOCK && !(sel->block_max(logits + i) > worst_kept)) {
+            i += SKIP_BLOCK;
+            continue;
         }
         int32_t stop = end - i > SKIP_BLOCK ? i + SKIP_BLOCK : end;
         for (; i < stop; i++) {
@@ -339,7 +366,7 @@ static bm_status sample_checked(const float *logits, int32_t n_valid, const bm_s
                                 const int32_t *penalised, size_t n_penalised, candidate *items, size_t cap,
                                 int32_t *token) {
     int greedy = p->temperature == 0.0f;
-    selection sel = {items, 0, cap, cap < (size_t)n_valid};
+    selection sel = {items, 0, cap, cap < (size_t)n_valid, choose_block_max()};
     select_candidates(&sel, logits, n_valid, penalised, n_penalised, p->repeat_penalty);
     if (sel.count == 0)
         return bmi_fail(BM_ERR_INVALID_ARGUMENT, "bm_sample: no candidate: logits of ids 0..%d are all NaN or -inf",
