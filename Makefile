@@ -134,9 +134,9 @@ fuzz:
 	  SAN="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined" fuzzers
 fuzzers: $(FUZZERS)
 replays: $(REPLAYS)
-$(BUILD)/fuzz_%: test/fuzz/fuzz_%.c $(STATIC)
+$(BUILD)/fuzz_%: test/fuzz/fuzz_%.c $(wildcard test/fuzz/*.h) $(STATIC)
 	$(CC) $(BM_CPPFLAGS) $(BM_CFLAGS) -fsanitize=fuzzer -o $@ $< $(STATIC) $(ALL_LIBS)
-$(BUILD)/replay_%: test/fuzz/fuzz_%.c test/fuzz/replay.c $(STATIC)
+$(BUILD)/replay_%: test/fuzz/fuzz_%.c test/fuzz/replay.c $(wildcard test/fuzz/*.h) $(STATIC)
 	$(CC) $(BM_CPPFLAGS) $(BM_CFLAGS) -DFUZZ_NAME='"$*"' -o $@ $< test/fuzz/replay.c $(STATIC) $(ALL_LIBS)
 fuzz-seeds: all
 	@sh test/fuzz/make_corpus.sh $(SHARED_DIR) $(BUILD)/fuzz-seeds $(BUILD)
