@@ -38,7 +38,7 @@ if has tests; then
     : > "$OUT/tests.log"
     # The CPU reference runs its portable path: the SIMD paths are the CPU
     # backend's business, and a bug there must not read as a GPU error.
-    for t in "$B/test_cuda_sample" "$B"/dev/* "$B/test_cuda_batch" "$B/test_cuda_backend"; do
+    for t in "$B/test_cuda_sample" "$B"/dev/* "$B/test_cuda_batch" "$B/test_cuda_backend" "$B/test_cuda_oom"; do
         enough 30 || { echo "$(basename "$t") skipped (deadline)" >> "$summary"; continue; }
         echo "==== $t" >> "$OUT/tests.log"
         t0=$(date +%s)

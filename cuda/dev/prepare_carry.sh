@@ -9,7 +9,7 @@ BUILD=${1:-build-cuda}
 SHARED=${2:-../shared}
 rm -rf .carry/bin .carry/lib .carry/fixtures
 mkdir -p .carry/bin/dev .carry/lib .carry/fixtures
-for f in test_cuda_backend test_cuda_batch test_cuda_sample bm-bench; do strip -o .carry/bin/$f "$BUILD/$f"; done
+for f in test_cuda_backend test_cuda_batch test_cuda_sample test_cuda_oom bm-bench; do strip -o .carry/bin/$f "$BUILD/$f"; done
 for f in "$BUILD"/dev/*; do strip -o .carry/bin/dev/$(basename "$f") "$f"; done
 for l in libyaml-0.so.2 libjansson.so.4 libutf8proc.so.2; do
     cp -L "$(ldconfig -p | awk -v l=$l '$1 == l { print $NF; exit }')" .carry/lib/
