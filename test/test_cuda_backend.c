@@ -22,6 +22,7 @@
 #include "blackmamba.h"
 #include "bmcuda.h"
 #include "check.h"
+#include "fixture.h"
 #include "model.h"
 #include "tensor.h"
 #include "test_cuda_random.h"
@@ -35,32 +36,8 @@ static double now_seconds(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-static double rel_error(const float *a, const float *ref, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - (double)ref[i];
-        if (isnan(a[i])) return INFINITY;
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
-static int argmax(const float *v, size_t n) {
-    int best = 0;
-    for (size_t i = 1; i < n; i++)
-        if (v[i] > v[best]) best = (int)i;
-    return best;
-}
-
 /* 1 when the reference's top two are far enough apart that rounding must not swap them. */
-static int clear_winner(const float *ref, size_t n) {
-    int top = argmax(ref, n);
-    float second = -INFINITY;
-    for (size_t i = 0; i < n; i++)
-        if ((int)i != top && ref[i] > second) second = ref[i];
-    return (ref[top] - second) > MARGIN * fabsf(ref[top]);
-}
+static int clear_winner(const float *ref, size_t n) { return top2_margin(ref, n) > MARGIN; }
 
 /* Worst error and greedy disagreements of rows of `got` against `ref`. */
 typedef struct tally {

@@ -33,6 +33,7 @@
 #include "blackmamba.h"
 #include "bmcuda.h"
 #include "check.h"
+#include "fixture.h"
 #include "common.h"
 #include "model.h"
 #include "test_cuda_random.h"
@@ -40,31 +41,7 @@
 #define TOLERANCE 2e-2
 #define MARGIN 1e-2
 
-static double rel_error(const float *a, const float *ref, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (isnan(a[i])) return INFINITY;
-        double d = (double)a[i] - (double)ref[i];
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
-static int argmax(const float *v, size_t n) {
-    int best = 0;
-    for (size_t i = 1; i < n; i++)
-        if (v[i] > v[best]) best = (int)i;
-    return best;
-}
-
-static int clear_winner(const float *ref, size_t n) {
-    int top = argmax(ref, n);
-    float second = -INFINITY;
-    for (size_t i = 0; i < n; i++)
-        if ((int)i != top && ref[i] > second) second = ref[i];
-    return (ref[top] - second) > MARGIN * fabsf(ref[top]);
-}
+static int clear_winner(const float *ref, size_t n) { return top2_margin(ref, n) > MARGIN; }
 
 typedef struct tally {
     double worst;
