@@ -11,6 +11,7 @@
 
 #include "check.h"
 #include "common.h"
+#include "fixture.h"
 #include "tokenizer.h"
 
 static char tokenizer_path[4096], golden_dir[4096];
@@ -21,24 +22,6 @@ static double now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static char *read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 1 << 16, n = 0, got;
-    char *data = malloc(cap);
-    while (data && (got = fread(data + n, 1, cap - n, f)) > 0) {
-        n += got;
-        if (n == cap) {
-            char *bigger = realloc(data, cap *= 2);
-            if (!bigger) free(data);
-            data = bigger;
-        }
-    }
-    fclose(f);
-    if (data) *len = n;
-    return data;
 }
 
 /* Encode into a fresh array (malloc), asking for the size first. */
