@@ -15,6 +15,7 @@
 #include "check.h"
 #include "ckpt_random.h"
 #include "ckpt_write.h"
+#include "fixture.h"
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -51,22 +52,6 @@ static void remove_tree(const char *dir) {
     }
     closedir(d);
     rmdir(dir);
-}
-
-static uint8_t *slurp(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *p = malloc(n > 0 ? (size_t)n : 1);
-    if (p && fread(p, 1, (size_t)n, f) != (size_t)n) {
-        free(p);
-        p = NULL;
-    }
-    fclose(f);
-    *len = (size_t)n;
-    return p;
 }
 
 static int file_exists(const char *path) {
@@ -218,7 +203,7 @@ static int compare_key_text(const void *a, const void *b) {
 /* Structure, entry order and every tensor's bytes. */
 static void check_torch_file(const char *path, const char *prefix, const bmi_random_model *m) {
     size_t len = 0;
-    uint8_t *z = slurp(path, &len);
+    uint8_t *z = read_file(path, &len);
     CHECK_MSG(z != NULL, "cannot read %s", path);
     if (!z) return;
     static zarchive a;
@@ -279,7 +264,7 @@ typedef uint8_t *(*bytes_fn)(const void *ctx, size_t i, size_t *len);
 static void check_safetensors_file(const char *path, const bmi_tensor *tensors, size_t n, bytes_fn want_bytes,
                                    const void *ctx, const char *meta_key, const char *meta_value) {
     size_t len = 0;
-    uint8_t *f = slurp(path, &len);
+    uint8_t *f = read_file(path, &len);
     CHECK_MSG(f != NULL && len >= 8, "cannot read %s", path);
     if (!f || len < 8) return;
     uint64_t hlen = rd(f, 8);
@@ -587,7 +572,7 @@ static void test_pickle_matches_torch(void) {
     char fixture[4096];
     snprintf(fixture, sizeof fixture, "%s/fixtures/tiny-f32/pytorch_model.bin", check_shared_dir());
     size_t flen = 0;
-    uint8_t *fz = slurp(fixture, &flen);
+    uint8_t *fz = read_file(fixture, &flen);
     if (!fz) {
         printf("test_ckpt_write: %s missing, pickle comparison skipped\n", fixture);
         return;
@@ -598,7 +583,7 @@ static void test_pickle_matches_torch(void) {
     c.dtype = BMI_F32;
     CHECK_OK(bmi_write_random_model(tmp_path("like-f32"), &c, BMI_FORMAT_TORCH));
     size_t len = 0;
-    uint8_t *z = slurp(tmp_path("like-f32/pytorch_model.bin"), &len);
+    uint8_t *z = read_file(tmp_path("like-f32/pytorch_model.bin"), &len);
     static zarchive a, fa;
     CHECK(z && zip_walk(z, len, &a) == 0);
     CHECK(zip_walk(fz, flen, &fa) == 0); /* and our walker accepts torch's own file */
@@ -675,7 +660,7 @@ static void test_memory_tensors(void) {
 
     CHECK_OK(bmi_write_torch(tmp_path("mem.pt"), t, 8));
     size_t len = 0;
-    uint8_t *z = slurp(tmp_path("mem.pt"), &len);
+    uint8_t *z = read_file(tmp_path("mem.pt"), &len);
     static zarchive a;
     CHECK(z && zip_walk(z, len, &a) == 0 && a.n == 11);
     int ok = 1;
@@ -698,11 +683,11 @@ static void test_memory_tensors(void) {
     /* No extension: the archive folder is the whole file name; a bare
      * extension falls back to "archive". */
     CHECK_OK(bmi_write_torch(tmp_path(".pt"), t, 1));
-    z = slurp(tmp_path(".pt"), &len);
+    z = read_file(tmp_path(".pt"), &len);
     CHECK(z && zip_walk(z, len, &a) == 0 && zfind(&a, "archive/data.pkl") != NULL);
     free(z);
     CHECK_OK(bmi_write_torch(tmp_path("noext"), t, 0)); /* an empty state dict is valid */
-    z = slurp(tmp_path("noext"), &len);
+    z = read_file(tmp_path("noext"), &len);
     CHECK(z && zip_walk(z, len, &a) == 0 && a.n == 3 && zfind(&a, "noext/version") != NULL);
     free(z);
 }
@@ -813,7 +798,7 @@ static void test_deterministic(void) {
         snprintf(a, sizeof a, "%s/%s", tmp_path("det1"), files[i]);
         snprintf(b, sizeof b, "%s/%s", tmp_path("det2"), files[i]);
         size_t la = 0, lb = 0;
-        uint8_t *x = slurp(a, &la), *y = slurp(b, &lb);
+        uint8_t *x = read_file(a, &la), *y = read_file(b, &lb);
         CHECK_MSG(x && y && la == lb && !memcmp(x, y, la), "%s differs between two runs", files[i]);
         free(x);
         free(y);
