@@ -159,6 +159,9 @@ cuda-dev: $(CUDA_DEV)
 test-cuda: all
 	@if [ "$(CUDA)" != 1 ]; then echo "test-cuda: this build has no CUDA backend (no nvcc)"; exit 1; fi
 	@BM_SHARED=$(SHARED_DIR) BM_BUILD=$(BUILD) sh test/run_tests.sh $(CUDA_TESTS) $(CUDA_DEV)
+	@# again with the opt-in persistent batch-1 step kernel (cuda/decode_fused.cu)
+	@BM_CUDA_FUSED_STEP=1 BM_SHARED=$(SHARED_DIR) BM_BUILD=$(BUILD) sh test/run_tests.sh \
+	  $(BUILD)/test_cuda_backend $(BUILD)/test_cuda_batch
 
 # The GPU tests on small models under compute-sanitizer's memcheck.
 test-cuda-memcheck: all

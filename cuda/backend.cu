@@ -2,6 +2,7 @@
  * states as device arrays in the canonical layout, sessions holding a
  * stream, a cuBLASLt handle, scratch and the decode graphs. The forward
  * passes are in forward.cu; the kernels each in their own file. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -225,9 +226,86 @@ static void model_release(bm_model *m) {
     if (!cm) return;
     cudaSetDevice(cm->device);
     if (cm->pool) cudaFree(cm->pool);
+    if (cm->fused_layers) cudaFree(cm->fused_layers);
     bmi_free(cm->layers);
     bmi_free(cm);
     m->backend_ctx = NULL;
+}
+
+/* The persistent batch-1 decode kernel: its layer table on the device and
+ * its tiling. A model or device it cannot run leaves fused_ok 0 (the kernel
+ * chain runs instead); only a failing CUDA call is an error. */
+static bm_status plan_fused_step(const bm_model *m, cuda_model *cm) {
+    const bmi_config *c = &m->config;
+    /* Opt-in: on the H100 it is still slower than the kernel chain (1.01 vs
+     * 0.91 ms a 2.8B step; docs/PERF.md says where its time goes). */
+    const char *env = getenv("BM_CUDA_FUSED_STEP");
+    if (!(env && env[0] == '1')) return BM_OK;
+    for (int i = 0; i < c->n_layers; i++)
+        if (c->layers[i].has_mamba && c->layers[i].n_experts > 0) return BM_OK; /* parallel layers */
+    bmc_fused_step_args *a = &cm->fused;
+    memset(a, 0, sizeof *a);
+    a->n_layers = c->n_layers;
+    a->d = c->d_model;
+    a->di = c->d_inner;
+    a->R = c->dt_rank;
+    a->K = c->d_conv;
+    a->F = c->ffn_hidden > 0 ? c->ffn_hidden : 8;
+    a->swiglu = c->swiglu;
+    a->act = (int)c->activation;
+    a->wtype = cm->wtype;
+    a->eps = BMC_NORM_EPS;
+    a->embedding = cm->embedding;
+    env = getenv("BM_CUDA_FUSED_SLOTS"); /* measurement switches: ring slots, and 1 = skip the dot products */
+    a->slots = env ? atoi(env) : 0;
+    env = getenv("BM_CUDA_FUSED_DEBUG");
+    a->debug_flags = env ? atoi(env) : 0;
+    cudaError_t e = bmc_fused_step_plan(a, cm->device);
+    if (e == cudaErrorNotSupported) {
+        cudaGetLastError();
+        return BM_OK;
+    }
+    if (e != cudaSuccess) return bmc_fail_cuda(e, "planning the fused decode step");
+    bmc_fused_layer *host = (bmc_fused_layer *)bmi_calloc((size_t)c->n_layers, sizeof *host);
+    if (!host) return bmi_fail(BM_ERR_OUT_OF_MEMORY, "out of memory for the fused step's layer table");
+    for (int i = 0; i < c->n_layers; i++) {
+        const dev_layer *L = &cm->layers[i];
+        bmc_fused_layer *f = &host[i];
+        f->mamba = L->has_mamba;
+        f->n_experts = L->n_experts;
+        f->norm = L->norm;
+        if (L->has_mamba) {
+            const dev_mamba *w = &L->mamba;
+            f->in_proj = w->in_proj;
+            f->x_proj = w->x_proj;
+            f->dt_proj = w->dt_proj;
+            f->out_proj = w->out_proj;
+            f->in_proj_bias = w->in_proj_bias;
+            f->conv_w = w->conv_w;
+            f->conv_b = w->conv_b;
+            f->dt_bias = w->dt_bias;
+            f->A = w->A;
+            f->D = w->D;
+            f->out_proj_bias = w->out_proj_bias;
+            f->conv_offset = (long long)bmi_state_conv_offset(c, L->mamba_index);
+            f->ssm_offset = (long long)bmi_state_ssm_offset(c, L->mamba_index);
+        } else {
+            f->router_w = L->router_w;
+            f->router_b = L->router_b;
+            f->fc1 = L->fc1;
+            f->fc2 = L->fc2;
+            f->fc1_bias = L->fc1_bias;
+            f->fc2_bias = L->fc2_bias;
+        }
+    }
+    const size_t bytes = (size_t)c->n_layers * sizeof *host;
+    e = cudaMalloc((void **)&cm->fused_layers, bytes);
+    if (e == cudaSuccess) e = cudaMemcpy(cm->fused_layers, host, bytes, cudaMemcpyHostToDevice);
+    bmi_free(host);
+    if (e != cudaSuccess) return bmc_fail_cuda(e, "uploading the fused step's layer table");
+    a->layers = cm->fused_layers;
+    cm->fused_ok = 1;
+    return BM_OK;
 }
 
 static bm_status model_init(bm_model *m, const bm_model_params *p) {
@@ -284,7 +362,8 @@ static bm_status model_init(bm_model *m, const bm_model_params *p) {
     u.dry = 1;
     upload_model(&u, m, cm);
     cm->pool_bytes = u.used;
-    if ((e = cudaMalloc((void **)&cm->pool, cm->pool_bytes)) != cudaSuccess) {
+    /* + 256: the fused decode step copies whole 16-byte pieces around rows */
+    if ((e = cudaMalloc((void **)&cm->pool, cm->pool_bytes + 256)) != cudaSuccess) {
         st = bmc_fail_cuda(e, "cudaMalloc for the weights");
         goto fail;
     }
@@ -314,6 +393,7 @@ static bm_status model_init(bm_model *m, const bm_model_params *p) {
         for (int i = 0; i < c->n_layers; i++) cur ^= 1;
         cm->final_res = cur;
     }
+    if ((st = plan_fused_step(m, cm))) goto fail;
     return BM_OK;
 fail:
     model_release(m);
@@ -392,6 +472,22 @@ static void session_release(bm_session *s) {
         for (int j = 0; j < 2; j++)
             if (cs->graphs[i][j]) cudaGraphExecDestroy(cs->graphs[i][j]);
     bmc_rows_release(cs);
+    if (cs->fused_trace) {
+        const cuda_model *cm = ctx_of(s->model);
+        const bmi_config *c = &s->model->config;
+        const size_t n = (size_t)cm->fused.grid * (size_t)cs->fused_trace_words;
+        unsigned long long *host = (unsigned long long *)bmi_malloc(n * 8);
+        int *mamba = (int *)bmi_malloc((size_t)c->n_layers * sizeof(int));
+        if (host && mamba && cudaMemcpy(host, cs->fused_trace, n * 8, cudaMemcpyDeviceToHost) == cudaSuccess) {
+            for (int i = 0; i < c->n_layers; i++) mamba[i] = c->layers[i].has_mamba;
+            bmc_fused_step_args a = cm->fused;
+            a.trace_words = cs->fused_trace_words;
+            bmc_fused_trace_print(&a, mamba, host, stderr);
+        }
+        bmi_free(host);
+        bmi_free(mamba);
+        cudaFree(cs->fused_trace);
+    }
     if (cs->inputs_consumed) cudaEventDestroy(cs->inputs_consumed);
     if (cs->ps.mem) cudaFree(cs->ps.mem);
     if (cs->step_mem) cudaFree(cs->step_mem);
@@ -434,9 +530,10 @@ static bm_status session_init(bm_session *s) {
         const size_t F = (size_t)(c->ffn_hidden > 0 ? c->ffn_hidden : 1), V = (size_t)c->vocab_size;
         const size_t xd = (size_t)(c->dt_rank + 2 * c->d_state);
         const size_t partials = (size_t)bmc_gemv_max_blocks(c->d_model) * B * (1 + BMC_MAX_FUSED_EXPERTS);
-        size_t floats[] = {B * d, B * d, B * d, B * d, B * 2 * di, B * xd, B * di, B * F, B * V, B, B, partials, 64};
+        size_t floats[] = {B * d, B * d, B * d, B * d, B * 2 * di, B * xd, B * di, B * F, B * V, B, B, partials, 64, 64};
         float **dst[] = {&cs->res[0], &cs->res[1], &cs->h, &cs->normed, &cs->xz, &cs->xdbl, &cs->yg, &cs->m,
-                         &cs->logits, &cs->gates, &cs->scales, &cs->route_partials, (float **)&cs->route_counter};
+                         &cs->logits, &cs->gates, &cs->scales, &cs->route_partials, (float **)&cs->route_counter,
+                         (float **)&cs->grid_barrier};
         const int n_f = (int)(sizeof floats / sizeof floats[0]);
         size_t total = 0;
         for (int i = 0; i < n_f; i++) total += (floats[i] * 4 + 255) & ~(size_t)255;
@@ -459,6 +556,16 @@ static bm_status session_init(bm_session *s) {
         cs->d_sampled = cs->d_tokens + B;
         cs->d_recent = cs->d_sampled + 8;
         cs->d_state_ptrs = (float **)(((uintptr_t)(cs->d_recent + 1024) + 15) & ~(uintptr_t)15);
+    }
+    if (cm->fused_ok && getenv("BM_CUDA_FUSED_TRACE") && getenv("BM_CUDA_FUSED_TRACE")[0] == '1') {
+        int *mamba = (int *)bmi_malloc((size_t)c->n_layers * sizeof(int));
+        if (mamba) {
+            for (int i = 0; i < c->n_layers; i++) mamba[i] = c->layers[i].has_mamba;
+            cs->fused_trace_words = (int)bmc_fused_trace_words(&cm->fused, mamba);
+            bmi_free(mamba);
+            if (cudaMalloc((void **)&cs->fused_trace, (size_t)cm->fused.grid * cs->fused_trace_words * 8) != cudaSuccess)
+                cs->fused_trace = NULL;
+        }
     }
     {
         const size_t bytes = 4096 + BMC_PREFILL_ROWS * 4 + 1024 * 4;

@@ -54,6 +54,12 @@ typedef struct cuda_model {
     const float *lm_head_bias, *final_w, *final_b;
     dev_layer *layers;
     int final_res;                    /* which residual buffer of a decode step holds the last sum */
+    /* The batch-1 decode step as one persistent kernel (decode_fused.cu), when
+     * BM_CUDA_FUSED_STEP=1 and the device and the model allow it; the
+     * per-session pointers of `fused` are filled in at capture. */
+    int fused_ok;
+    bmc_fused_step_args fused;
+    bmc_fused_layer *fused_layers;    /* device copy of the layer table */
 } cuda_model;
 
 /* Activations of one prefill chunk of up to `rows` tokens. */
@@ -111,7 +117,7 @@ typedef struct cuda_session {
     /* decode scratch, BMC_MAX_STEP_ROWS rows */
     char *step_mem;
     float *res[2], *h, *normed, *xz, *xdbl, *yg, *m, *logits, *gates, *scales, *route_partials;
-    unsigned *route_counter;
+    unsigned *route_counter, *grid_barrier;
     int *slot_expert, *slot_count, *slot_rows;
     int32_t *d_tokens, *d_recent, *d_sampled;
     float **d_state_ptrs;
@@ -122,6 +128,10 @@ typedef struct cuda_session {
     int *h_starts;
     cudaEvent_t inputs_consumed;
     cudaGraphExec_t graphs[BMC_MAX_STEP_ROWS + 1][2];
+    /* BM_CUDA_FUSED_TRACE=1: the fused step records timings here (device,
+     * fused_trace_words u64 per block); summary on stderr at session free */
+    unsigned long long *fused_trace;
+    int fused_trace_words;
     prefill_scratch ps;
     rows_scratch rs;
 } cuda_session;

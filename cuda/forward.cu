@@ -429,8 +429,26 @@ static cudaError_t enqueue_step(cuda_session *cs, const bm_model *m, int nb, int
     /* An external record: inside a capture a plain cudaEventRecord only
      * orders captured work and leaves the event unusable from the host. */
     if ((e = cudaEventRecordWithFlags(cs->inputs_consumed, st, cudaEventRecordExternal))) return e;
-    if ((e = bmc_embed(cs->d_tokens, nb, cm->embedding, wt, d, cs->h, cs->res[0], st, 0))) return e;
     int cur = 0;
+    if (nb == 1 && cm->fused_ok) {
+        bmc_fused_step_args a = cm->fused;
+        a.token = cs->d_tokens;
+        a.state_ptrs = cs->d_state_ptrs;
+        a.res0 = cs->res[0];
+        a.res1 = cs->res[1];
+        a.h = cs->h;
+        a.xz = cs->xz;
+        a.xdbl = cs->xdbl;
+        a.yg = cs->yg;
+        a.m = cs->m;
+        a.barrier = cs->grid_barrier;
+        a.trace = cs->fused_trace;
+        a.trace_words = cs->fused_trace_words;
+        if ((e = bmc_fused_step(&a, st))) return e;
+        cur = cm->final_res;
+        goto head;
+    }
+    if ((e = bmc_embed(cs->d_tokens, nb, cm->embedding, wt, d, cs->h, cs->res[0], st, 0))) return e;
     for (int i = 0; i < c->n_layers; i++) {
         const dev_layer *L = &cm->layers[i];
         if (L->has_mamba) {
@@ -627,6 +645,7 @@ static cudaError_t enqueue_step(cuda_session *cs, const bm_model *m, int nb, int
             if ((e = bmc_gemv(&a, wt, 0, sms, st, pdl))) return e;
         }
     }
+head:
     if (head) {
         bmc_gemv_args a;
         memset(&a, 0, sizeof a);

@@ -385,4 +385,58 @@ typedef struct bmc_sample_args {
 } bmc_sample_args;
 cudaError_t bmc_sample(const bmc_sample_args *a, cudaStream_t stream);
 
+/* ---- decode_fused.cu ------------------------------------------------------- */
+/* One decode step of one stream through every layer in one persistent,
+ * cooperative kernel (sm_90): weights streamed into shared memory ahead of
+ * the computation, phases separated by grid barriers. Layers must be plain
+ * Mamba ("r") or plain MLP/MoE ("1", "N"); parallel layers take the kernel
+ * chain. Leaves the residual in res0 (even layer count) or res1 (odd) and
+ * the last block's output in h, as the chain does, for the LM head. */
+typedef struct bmc_fused_layer {
+    int mamba;                 /* 1: Mamba layer; 0: MLP/MoE layer */
+    int n_experts;             /* MLP/MoE: 1 (dense) or the expert count */
+    const float *norm;         /* RMSNorm weight [d] */
+    const void *in_proj, *x_proj, *dt_proj, *out_proj;
+    const float *in_proj_bias, *conv_w, *conv_b, *dt_bias, *A, *D, *out_proj_bias;
+    long long conv_offset, ssm_offset; /* floats into the state (bmi_state_*_offset) */
+    const float *router_w, *router_b;  /* f32 [E, d], [E]; NULL when dense */
+    const void *fc1, *fc2;             /* experts back to back */
+    const float *fc1_bias, *fc2_bias;  /* [E, g*F], [E, d] or NULL */
+} bmc_fused_layer;
+
+typedef struct bmc_fused_step_args {
+    const bmc_fused_layer *layers; /* device array [n_layers] */
+    int n_layers, d, di, R, K, F, swiglu, act, wtype;
+    float eps;
+    const int32_t *token;          /* device: the stream's input token */
+    const void *embedding;
+    float *const *state_ptrs;      /* device: [0] is the stream's state */
+    float *res0, *res1, *h, *xz, *xdbl, *yg, *m; /* decode scratch, one row each */
+    unsigned *barrier;             /* one counter, zeroed by bmc_fused_step before the launch */
+    /* NULL, or per block [2 * barriers + 4] u64 (a measurement aid, see
+     * bmc_fused_trace_print): %globaltimer at each barrier's arrival and
+     * release; then 8 u64 of clock cycles (see bmc_fused_trace_print), ns the
+     * consumers waited for tiles, ns the producer waited for a free slot, ns
+     * it waited for the router, tiles taken */
+    unsigned long long *trace;
+    int trace_words;
+    int debug_flags;               /* 0; measurement only: 1 skips the dot products (wrong results) */
+    /* filled by bmc_fused_step_plan */
+    int grid, slots, smem_bytes;
+    int tr_in, tr_x, tc_scan, tr_out, tr_router, tr_fc1, tr_fc2;
+    int max_conv_rows, max_scan_ch;
+} bmc_fused_step_args;
+
+/* Chooses the tiling, ring size and grid for `device` and sets the kernel's
+ * shared-memory limit. cudaErrorNotSupported: the device (before sm_90, no
+ * cooperative launch) or the sizes are outside what the kernel does. */
+cudaError_t bmc_fused_step_plan(bmc_fused_step_args *a, int device);
+/* Enqueues the counter reset and the kernel (capturable). */
+cudaError_t bmc_fused_step(const bmc_fused_step_args *a, cudaStream_t stream);
+/* u64 per block of a->trace, and a summary of one step's trace (host copy)
+ * per phase kind to `f` (BM_CUDA_FUSED_TRACE=1 in bm-bench and the like). */
+size_t bmc_fused_trace_words(const bmc_fused_step_args *a, const int *layer_mamba);
+void bmc_fused_trace_print(const bmc_fused_step_args *a, const int *layer_mamba, const unsigned long long *trace,
+                           void *f);
+
 #endif

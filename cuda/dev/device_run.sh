@@ -4,7 +4,7 @@
 # per-kernel harnesses, compute-sanitizer memcheck on small models, and
 # bm-bench at both released sizes. Full logs go to $OUT; a short table is
 # printed last. Steps are bounded by timeouts so one hang cannot eat the call.
-# Usage: sh cuda/dev/device_run.sh [tests] [memcheck] [bench] [cross] [prof] [ab] [cpu]
+# Usage: sh cuda/dev/device_run.sh [fused] [trace] [tests] [memcheck] [bench] [cross] [prof] [ab] [cpu]
 #        (default: tests memcheck bench). BM_DEADLINE (seconds, default 570):
 # steps that would start after it are skipped, and each step's timeout is cut
 # to what is left, so the script ends inside one device call.
@@ -34,6 +34,29 @@ summary="$OUT/summary.txt"
 : > "$summary"
 has() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
 
+if has fused; then
+    # batch-1 decode with the persistent step kernel (=1), and its measurement
+    # modes (DEBUG=1: no dot products, DEBUG=2: no weights), and the chain (=0)
+    for dims in 2.8B 1.5B; do
+        for v in 1 "1 BM_CUDA_FUSED_DEBUG=1" "1 BM_CUDA_FUSED_DEBUG=2" 0; do
+            enough 30 || continue
+            env BM_CUDA_FUSED_STEP=$v timeout $(left 90) "$B/bm-bench" --dims $dims --batch 1 --prompt 16 --prefill-batch 0 \
+                > "$OUT/one.log" 2>&1
+            echo "$dims BM_CUDA_FUSED_STEP=$v rc $?: $(grep 'decode batch    1' "$OUT/one.log" | tr '\n' ' ')" >> "$summary"
+            { echo "==== BM_CUDA_FUSED_STEP=$v bm-bench --dims $dims --batch 1"; cat "$OUT/one.log"; } >> "$OUT/bench.log"
+        done
+    done
+fi
+if has trace; then
+    # where the persistent step kernel's time goes, per phase (stderr summary)
+    for v in 0 2; do
+        enough 30 || continue
+        BM_CUDA_FUSED_STEP=1 BM_CUDA_FUSED_TRACE=1 BM_CUDA_FUSED_DEBUG=$v timeout $(left 90) "$B/bm-bench" --dims 2.8B \
+            --batch 1 --prompt 16 --prefill-batch 0 > "$OUT/one.log" 2>&1
+        echo "fused step trace, 2.8B, BM_CUDA_FUSED_DEBUG=$v:" >> "$summary"
+        grep -E "^  |decode batch    1" "$OUT/one.log" >> "$summary"
+    done
+fi
 if has tests; then
     : > "$OUT/tests.log"
     # The CPU reference runs its portable path: the SIMD paths are the CPU
@@ -44,6 +67,14 @@ if has tests; then
         t0=$(date +%s)
         BM_CPU_PATH=portable timeout $(left 400) "$t" >> "$OUT/tests.log" 2>&1
         echo "$(basename "$t") rc $? ($(( $(date +%s) - t0 )) s)" >> "$summary"
+    done
+    # the opt-in persistent batch-1 step kernel (decode_fused.cu) against the CPU
+    for t in test_cuda_backend test_cuda_batch; do
+        enough 40 || { echo "$t with BM_CUDA_FUSED_STEP=1 skipped (deadline)" >> "$summary"; continue; }
+        echo "==== $t with BM_CUDA_FUSED_STEP=1" >> "$OUT/tests.log"
+        BM_CUDA_FUSED_STEP=1 BM_CPU_PATH=portable timeout $(left 300) "$B/$t" > "$OUT/one.log" 2>&1
+        echo "$t with BM_CUDA_FUSED_STEP=1 rc $? ($(grep -E 'passed, [0-9]+ failed' "$OUT/one.log"))" >> "$summary"
+        cat "$OUT/one.log" >> "$OUT/tests.log"
     done
     if [ -n "${BM_ALSO_DEFAULT_CPU:-}" ]; then
         echo "==== test_cuda_backend against the CPU's default (SIMD) path" >> "$OUT/tests.log"
@@ -95,6 +126,12 @@ if has ab; then
     done
 fi
 if has memcheck; then
+    enough 60 && {
+        BM_CUDA_FUSED_STEP=1 BM_CUDA_TEST_SMALL=1 timeout $(left 200) compute-sanitizer --tool memcheck --error-exitcode 9 \
+            "$B/test_cuda_backend" > "$OUT/one.log" 2>&1
+        echo "memcheck test_cuda_backend with BM_CUDA_FUSED_STEP=1 rc $? ($(grep 'ERROR SUMMARY' "$OUT/one.log"); $(grep -E 'passed, [0-9]+ failed' "$OUT/one.log"))" >> "$summary"
+        { echo "==== memcheck test_cuda_backend with BM_CUDA_FUSED_STEP=1"; cat "$OUT/one.log"; } >> "$OUT/memcheck.log"
+    }
     for t in test_cuda_batch test_cuda_backend; do
         enough 60 || { echo "memcheck $t skipped (deadline)" >> "$summary"; continue; }
         BM_CUDA_TEST_SMALL=1 timeout $(left 300) compute-sanitizer --tool memcheck --error-exitcode 9 "$B/$t" \
