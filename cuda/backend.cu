@@ -227,6 +227,7 @@ static void model_release(bm_model *m) {
     cudaSetDevice(cm->device);
     if (cm->pool) cudaFree(cm->pool);
     if (cm->fused_layers) cudaFree(cm->fused_layers);
+    bmi_free(cm->fused_mamba);
     bmi_free(cm->layers);
     bmi_free(cm);
     m->backend_ctx = NULL;
@@ -298,6 +299,12 @@ static bm_status plan_fused_step(const bm_model *m, cuda_model *cm) {
             f->fc2_bias = L->fc2_bias;
         }
     }
+    if (!(cm->fused_mamba = (int *)bmi_malloc((size_t)c->n_layers * sizeof(int)))) {
+        bmi_free(host);
+        return bmi_fail(BM_ERR_OUT_OF_MEMORY, "out of memory for the fused step's layer table");
+    }
+    for (int i = 0; i < c->n_layers; i++) cm->fused_mamba[i] = c->layers[i].has_mamba;
+    a->trace_words = (int)bmc_fused_trace_words(a, cm->fused_mamba);
     const size_t bytes = (size_t)c->n_layers * sizeof *host;
     e = cudaMalloc((void **)&cm->fused_layers, bytes);
     if (e == cudaSuccess) e = cudaMemcpy(cm->fused_layers, host, bytes, cudaMemcpyHostToDevice);
@@ -474,18 +481,11 @@ static void session_release(bm_session *s) {
     bmc_rows_release(cs);
     if (cs->fused_trace) {
         const cuda_model *cm = ctx_of(s->model);
-        const bmi_config *c = &s->model->config;
-        const size_t n = (size_t)cm->fused.grid * (size_t)cs->fused_trace_words;
+        const size_t n = (size_t)cm->fused.grid * (size_t)cm->fused.trace_words;
         unsigned long long *host = (unsigned long long *)bmi_malloc(n * 8);
-        int *mamba = (int *)bmi_malloc((size_t)c->n_layers * sizeof(int));
-        if (host && mamba && cudaMemcpy(host, cs->fused_trace, n * 8, cudaMemcpyDeviceToHost) == cudaSuccess) {
-            for (int i = 0; i < c->n_layers; i++) mamba[i] = c->layers[i].has_mamba;
-            bmc_fused_step_args a = cm->fused;
-            a.trace_words = cs->fused_trace_words;
-            bmc_fused_trace_print(&a, mamba, host, stderr);
-        }
+        if (host && cudaMemcpy(host, cs->fused_trace, n * 8, cudaMemcpyDeviceToHost) == cudaSuccess)
+            bmc_fused_trace_print(&cm->fused, cm->fused_mamba, host, stderr);
         bmi_free(host);
-        bmi_free(mamba);
         cudaFree(cs->fused_trace);
     }
     if (cs->inputs_consumed) cudaEventDestroy(cs->inputs_consumed);
@@ -557,16 +557,9 @@ static bm_status session_init(bm_session *s) {
         cs->d_recent = cs->d_sampled + 8;
         cs->d_state_ptrs = (float **)(((uintptr_t)(cs->d_recent + 1024) + 15) & ~(uintptr_t)15);
     }
-    if (cm->fused_ok && getenv("BM_CUDA_FUSED_TRACE") && getenv("BM_CUDA_FUSED_TRACE")[0] == '1') {
-        int *mamba = (int *)bmi_malloc((size_t)c->n_layers * sizeof(int));
-        if (mamba) {
-            for (int i = 0; i < c->n_layers; i++) mamba[i] = c->layers[i].has_mamba;
-            cs->fused_trace_words = (int)bmc_fused_trace_words(&cm->fused, mamba);
-            bmi_free(mamba);
-            if (cudaMalloc((void **)&cs->fused_trace, (size_t)cm->fused.grid * cs->fused_trace_words * 8) != cudaSuccess)
-                cs->fused_trace = NULL;
-        }
-    }
+    if (cm->fused_ok && getenv("BM_CUDA_FUSED_TRACE") && getenv("BM_CUDA_FUSED_TRACE")[0] == '1' &&
+        cudaMalloc((void **)&cs->fused_trace, (size_t)cm->fused.grid * cm->fused.trace_words * 8) != cudaSuccess)
+        cs->fused_trace = NULL;
     {
         const size_t bytes = 4096 + BMC_PREFILL_ROWS * 4 + 1024 * 4;
         if ((e = cudaMallocHost((void **)&cs->pinned, bytes)) != cudaSuccess) {

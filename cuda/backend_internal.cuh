@@ -60,6 +60,7 @@ typedef struct cuda_model {
     int fused_ok;
     bmc_fused_step_args fused;
     bmc_fused_layer *fused_layers;    /* device copy of the layer table */
+    int *fused_mamba;                 /* host: 1 for each Mamba layer (the trace's phase layout) */
 } cuda_model;
 
 /* Activations of one prefill chunk of up to `rows` tokens. */
@@ -129,9 +130,8 @@ typedef struct cuda_session {
     cudaEvent_t inputs_consumed;
     cudaGraphExec_t graphs[BMC_MAX_STEP_ROWS + 1][2];
     /* BM_CUDA_FUSED_TRACE=1: the fused step records timings here (device,
-     * fused_trace_words u64 per block); summary on stderr at session free */
+     * fused.trace_words u64 per block); summary on stderr at session free */
     unsigned long long *fused_trace;
-    int fused_trace_words;
     prefill_scratch ps;
     rows_scratch rs;
 } cuda_session;

@@ -443,7 +443,6 @@ static cudaError_t enqueue_step(cuda_session *cs, const bm_model *m, int nb, int
         a.m = cs->m;
         a.barrier = cs->grid_barrier;
         a.trace = cs->fused_trace;
-        a.trace_words = cs->fused_trace_words;
         if ((e = bmc_fused_step(&a, st))) return e;
         cur = cm->final_res;
         goto head;

@@ -419,8 +419,9 @@ typedef struct bmc_fused_step_args {
      * consumers waited for tiles, ns the producer waited for a free slot, ns
      * it waited for the router, tiles taken */
     unsigned long long *trace;
-    int trace_words;
-    int debug_flags;               /* 0; measurement only: 1 skips the dot products (wrong results) */
+    int trace_words;               /* u64 per block of trace (bmc_fused_trace_words) */
+    int debug_flags;               /* 0; measurement only (wrong results): 1 skips the dot products,
+                                      2 reads no matrix weights at all */
     /* filled by bmc_fused_step_plan */
     int grid, slots, smem_bytes;
     int tr_in, tr_x, tc_scan, tr_out, tr_router, tr_fc1, tr_fc2;
