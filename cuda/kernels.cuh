@@ -34,7 +34,8 @@ cudaError_t bmc_embed(const int32_t *tokens, int rows, const void *E, int wtype,
 /* ---- add_rmsnorm.cu -------------------------------------------------------- */
 /* For each row: if add, res += h; then up to two RMSNorms of res (weights
  * w_a, w_b; NULL skips) written as f32 and/or 16-bit (any output NULL is
- * skipped). Prefill only; decode fuses this into the projection kernels. */
+ * skipped). Prefill and the decode row path; the GEMV decode path fuses this
+ * into the projection kernels. */
 typedef struct bmc_norm_args {
     float *res;
     const float *h;
@@ -51,6 +52,24 @@ typedef struct bmc_norm_args {
      * lo_rows rows further on (f32-grade inputs for the decode row path's
      * GEMMs, which multiply both halves) */
     int lo_rows;
+    /* Optional (route_w NULL: none): the top-1 routing of the b-norm's rows,
+     * as bmc_route_rows does it, in the same launch (the decode row path's
+     * MoE layers: no second launch, no router reloads, no serial tail).
+     * Each row's E logits come from its f32 b-norm (what out_b_f32 gets);
+     * expert_of and gate (sigmoid of the best logit, lowest index on ties)
+     * are written for the rows below *n_dev only (NULL: every row is live),
+     * and the last block to finish groups the live rows by expert (stable):
+     * order[i] = the row at sorted position i, order[i] = i for the padding
+     * positions, expert_start[E+1] with expert_start[E] = the live rows.
+     * counter: one unsigned on the device, zero before the launch; the last
+     * block leaves it zero again (graph replays). */
+    const float *route_w, *route_b; /* f32 [E, d], [E] */
+    int n_experts;                  /* 2..64 */
+    const int *n_dev;
+    int *expert_of;
+    float *gate;
+    int *order, *expert_start;
+    unsigned *counter;
 } bmc_norm_args;
 cudaError_t bmc_add_rmsnorm(const bmc_norm_args *a, cudaStream_t stream);
 
@@ -329,10 +348,12 @@ cudaError_t bmc_router_step(const bmc_router_step_args *a, cudaStream_t stream, 
 cudaError_t bmc_route_prefill(const float *normed, int T, int d, const float *router_w, const float *router_b, int E,
                               int *expert_of, float *gate, int *order, int *expert_start, int *host_starts,
                               cudaStream_t stream);
-/* The same for the decode row path: only the first *n_dev of T rows (the
- * count is on the device; the rest are padding) are routed and grouped;
- * order[i] = i for the padding positions i >= *n_dev, expert_start[E] =
- * *n_dev. Nothing is copied to the host. */
+/* The same with the live row count on the device: only the first *n_dev of
+ * T rows (the rest are padding) are routed and grouped; order[i] = i for the
+ * padding positions i >= *n_dev, expert_start[E] = *n_dev. Nothing is copied
+ * to the host. The decode row path now routes inside bmc_add_rmsnorm; this
+ * stays as the reference and the baseline of its harness
+ * (cuda/dev/norm_route.cu). */
 cudaError_t bmc_route_rows(const float *normed, int T, const int *n_dev, int d, const float *router_w,
                            const float *router_b, int E, int *expert_of, float *gate, int *order, int *expert_start,
                            cudaStream_t stream);
