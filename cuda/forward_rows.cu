@@ -35,13 +35,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <algorithm>
+
 #include "backend_internal.cuh"
 
 extern "C" {
 #include "rng.h"
 }
-
-#define BMC_FC2_SPLIT 4 /* the most K slices of fc2 (partial sums, eout) */
 
 const int bmc_row_buckets[BMC_ROW_BUCKETS] = {4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024};
 
@@ -117,11 +117,13 @@ static bm_status reserve_rows(cuda_session *cs, const bm_model *m, int rows) {
     const size_t xd = (size_t)(c->dt_rank + 2 * c->d_state), V = (size_t)c->vocab_size;
     const size_t starts = (size_t)c->n_layers * (size_t)(cm->max_experts + 1);
     (void)g;
+    size_t part_rows = 0; /* fc2's K slices x rows, the most of any batch this scratch serves */
+    for (int r = 1; r <= rows; r++) part_rows = std::max(part_rows, (size_t)bmc_moe_fc2_split(r) * (size_t)r);
     /* the GEMM inputs and outputs hold 2B rows: the hi and lo halves */
     size_t sizes[] = {
         B * 4, B * 4, B * 8, 16, B * 8,                         /* tokens, sampled, state_ptrs, n, u */
         B * d * 4, 2 * B * d * 4,                               /* res, h */
-        2 * B * 2 * di * 4, 2 * B * xd * 4, B * di * 4, B * 4, BMC_FC2_SPLIT * B * d * 4, B * V * 4, /* xz, xdbl, delta, gate, eout (fc2 parts), logits */
+        2 * B * 2 * di * 4, 2 * B * xd * 4, B * di * 4, B * 4, part_rows * d * 4, B * V * 4, /* xz, xdbl, delta, gate, eout (fc2 parts), logits */
         2 * B * d * 2, 2 * B * d * 2, 2 * B * di * 2, 2 * B * di * 2, /* normed16, moe16, u16, y16 */
         16, 2 * B * F * 2, B * d * 2,                           /* (act16), m16, final16 */
         B * 4, B * 4, starts * 4, 16                            /* expert_of, order, expert_start, route_counter */
@@ -338,7 +340,7 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
             /* fc2 has few output features and long rows: an MoE layer splits K
              * (more blocks streaming the experts) into partial sums that the
              * scatter adds in order; a dense MLP scatters directly */
-            const int split = E >= 2 ? (B <= 256 ? BMC_FC2_SPLIT : 2) : 1;
+            const int split = E >= 2 ? bmc_moe_fc2_split(B) : 1;
             ma.mode = split > 1 ? BMC_MOE_PARTIAL : BMC_MOE_SCATTER;
             ma.k_split = split;
             ma.N = d;

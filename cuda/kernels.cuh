@@ -313,10 +313,14 @@ typedef struct bmc_moe_gemm_args {
     const int *y_rows;       /* SCATTER */
     const float *gates;      /* SCATTER */
     int add;                 /* SCATTER: add to y (parallel layers) */
-    int variant;             /* 0: tile shape chosen from the rows per expert; 1..9: forced (harness) */
+    int variant;             /* 0: chosen from the rows per expert; 1..9: a forced tile shape, 10: the streaming
+                                kernel, 11: its weight traffic alone (a measurement; junk output) (harness) */
     int k_split;             /* PARTIAL: slices of K (grid z), >= 1 */
 } bmc_moe_gemm_args;
 cudaError_t bmc_moe_gemm(const bmc_moe_gemm_args *a, int wtype, cudaStream_t stream);
+/* The K slices (PARTIAL) in which the decode row path runs fc2 for `rows`
+ * rows: enough units of work for every SM; never more than 8. */
+int bmc_moe_fc2_split(int rows);
 
 /* ---- router_step.cu -------------------------------------------------------- */
 typedef struct bmc_router_step_args {

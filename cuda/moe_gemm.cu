@@ -12,6 +12,7 @@
  * holds output features f and N + f together) or the gate-scaled scatter of
  * fc2 back to the token rows. */
 #include <mma.h>
+#include <stdlib.h>
 
 #include "device_util.cuh"
 #include "kernels.cuh"
@@ -249,6 +250,295 @@ static cudaError_t mg_fit(const bmc_moe_gemm_args *a, cudaStream_t stream) {
     return mg_launch<T, TM, TN, 2>(a, stream);
 }
 
+/* ---- the weight-streaming variant, for few rows per expert -----------------
+ *
+ * With a handful of rows per expert the grouped GEMM is a matter of reading
+ * the experts' weights once at the memory rate; the tiles above stage them
+ * through shared memory in lock-step blocks of 128 weight rows. Here each
+ * warp streams its own 16 weight rows through a private ring in shared
+ * memory (cp.async, MS_STAGES k-steps deep, __syncwarp only) and multiplies
+ * them on the tensor cores with the weights as the A operand (m16n8k16,
+ * "swap AB"): the rows of the batch are the 8-wide N side, so a group of 4
+ * rows with their hi and lo halves fills one n-tile and nothing is padded to
+ * 16. The activations come through L1: the warps of a block work on
+ * neighbouring units of the same expert and share them.
+ *
+ * The k order inside an MMA is free as long as A and B agree: thread (g, c)
+ * takes the 8 consecutive k at 8c of each 32-wide part of a k-step for its
+ * weight rows g and g + 8 and for its activation column g, and feeds words
+ * 0-1 to the first m16n8k16 and words 2-3 to the second. Both operands are
+ * then one 16-byte load per thread with no shuffles.
+ *
+ * Work: a unit is 16 weight rows (gated fc1: 8 features' value rows and
+ * their 8 gate rows, so one thread holds a feature's value and gate) over
+ * the whole K, or over one K slice (PARTIAL). The units of the experts that
+ * have rows are numbered and split evenly among the blocks by count, each
+ * block's range contiguous (and so its memory), and a block's warps take
+ * the units of its range in turn. Columns beyond 8 x MS_MAX_NT (16 rows'
+ * halves) are taken in further passes over the unit.
+ *
+ * Measured (dev/moe_gemm, 2.8B experts, H100): at 16 to 64 rows it matches
+ * the best tile (fc1 82-87 us, 182 MB) rather than beating it; its weight
+ * stream alone (variant 11) runs at 2.3 TB/s. It is used for up to 2 rows
+ * per expert, where the decode row path measured it faster (docs/PERF.md). */
+#define MS_THREADS 256
+#define MS_STAGES 4 /* k-steps in a warp's ring, all but one in flight */
+#define MS_KS 64     /* k per step: 128-byte pieces of each row (256-byte pieces measured no faster) */
+#define MS_SMEM(STAGES, KS) (MS_THREADS / 32 * (STAGES) * 32 * (KS)) /* a slot: 16 rows x KS x 2 bytes */
+#define MS_MAX_NT 4 /* n-tiles per pass: 32 columns */
+
+/* d += A (16 x 16, four 32-bit words of the thread's fragment) B (16 x 8, two words), f32 accumulation. */
+template <typename T> struct ms_mma;
+template <> struct ms_mma<__nv_bfloat16> {
+    static __device__ __forceinline__ void run(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                               uint32_t b0, uint32_t b1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    }
+};
+template <> struct ms_mma<__half> {
+    static __device__ __forceinline__ void run(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                               uint32_t b0, uint32_t b1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    }
+};
+
+__device__ __forceinline__ uint4 ms_load_x(const void *p) { /* activations: read-only here, kept in L1 */
+    uint4 v;
+    asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+
+/* One pass of a unit: its 16 weight rows (row r of the A tile is row r of
+ * wrow0 for r < 8, row r - 8 of wrow8 for the rest, each K long; only the
+ * first nv0 and nv8 of the two groups exist) times NT x 8
+ * activation columns (xoff: where this thread's column of each n-tile starts
+ * in X) over the k-steps [ks0, ks1) of KS; k beyond K is zero. acc[j]: the
+ * thread's four products of n-tile j.
+ *
+ * The warp copies each k-step of its 16 rows into its ring with cp.async,
+ * KS/8 lanes per row so that one instruction reads whole 128-byte (KS 64)
+ * or 256-byte (KS 128) pieces of a row: DRAM serves long pieces of few rows
+ * better than short pieces of many. Odd rows sit 64 bytes rotated in the
+ * ring (chunk ^ 4), so the fragment reads (rows 2p and 2p + 1 in one phase)
+ * hit distinct banks. */
+template <typename T, int NT, int STAGES, int KS, bool WEIGHTS_ONLY>
+__device__ __forceinline__ void ms_pass(float (&acc)[MS_MAX_NT][4], const T *wrow0, int nv0, const T *wrow8, int nv8,
+                                        const T *X, const int (&xoff)[MS_MAX_NT], int K, int ks0, int ks1,
+                                        uint4 *ring) {
+    constexpr int CPR = KS / 8;          /* 16-byte chunks per row per k-step */
+    constexpr int RPI = 32 / CPR;        /* rows per copy instruction */
+    constexpr int SLOT = 16 * CPR;       /* uint4 per slot */
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    auto issue = [&](int slot, int ks) {
+#pragma unroll
+        for (int i = 0; i < 16 / RPI; i++) {
+            const int r = i * RPI + lane / CPR, j = lane % CPR, k = ks * KS + j * 8;
+            const bool ok = ks < ks1 && k < K;
+            const T *src = r < 8    ? wrow0 + (size_t)min(r, nv0 - 1) * K
+                           : nv8 > 0 ? wrow8 + (size_t)min(r - 8, nv8 - 1) * K
+                                     : wrow0;
+            mg_cp_async16(ring + slot * SLOT + r * CPR + (j ^ ((r & 1) * 4)), ok ? src + k : src, ok);
+        }
+    };
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+        issue(s, ks0 + s);
+        mg_cp_commit();
+    }
+    for (int ks = ks0, slot = 0; ks < ks1; ks++) {
+        uint4 xv[KS / 32][NT]; /* issued first: their latency overlaps the wait for the weights */
+#pragma unroll
+        for (int q = 0; q < KS / 32; q++) {
+            const int k = ks * KS + q * 32 + c * 8;
+#pragma unroll
+            for (int j = 0; j < NT; j++) xv[q][j] = k < K && !WEIGHTS_ONLY ? ms_load_x(X + xoff[j] + k) : zero;
+        }
+        mg_cp_wait<STAGES - 2>(); /* this lane's copies of the k-step are in */
+        __syncwarp();              /* and the other lanes': the slots are shared within the warp */
+        uint4 a[KS / 32], b[KS / 32];
+#pragma unroll
+        for (int q = 0; q < KS / 32; q++) {
+            const int ch = q * 4 + c; /* rows g and g + 8 have the parity of g */
+            a[q] = ring[slot * SLOT + g * CPR + (ch ^ ((g & 1) * 4))];
+            b[q] = ring[slot * SLOT + (g + 8) * CPR + (ch ^ ((g & 1) * 4))];
+        }
+        __syncwarp(); /* every lane has read the slot refilled next (the previous one) before it is overwritten */
+        issue(slot == 0 ? STAGES - 1 : slot - 1, ks + STAGES - 1);
+        mg_cp_commit();
+        slot = slot == STAGES - 1 ? 0 : slot + 1;
+        if (WEIGHTS_ONLY) { /* measurement: the weight stream alone */
+#pragma unroll
+            for (int q = 0; q < KS / 32; q++)
+                acc[0][0] += __uint_as_float(a[q].x ^ a[q].y ^ a[q].z ^ a[q].w ^ b[q].x ^ b[q].y ^ b[q].z ^ b[q].w) * 1e-30f;
+        } else
+#pragma unroll
+        for (int q = 0; q < KS / 32; q++)
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                ms_mma<T>::run(acc[j], a[q].x, b[q].x, a[q].y, b[q].y, xv[q][j].x, xv[q][j].y);
+                ms_mma<T>::run(acc[j], a[q].z, b[q].z, a[q].w, b[q].w, xv[q][j].z, xv[q][j].w);
+            }
+    }
+    mg_cp_wait<0>(); /* nothing of this pass left in flight into the ring */
+    __syncwarp();
+}
+
+template <typename T, int STAGES, int KS, bool WEIGHTS_ONLY>
+__global__ void __launch_bounds__(MS_THREADS, 2) moe_stream_kernel(const bmc_moe_gemm_args a) {
+    __shared__ int s_unit0[65]; /* first unit of each expert; s_unit0[E]: all units */
+    extern __shared__ uint4 ms_ring[]; /* per warp: STAGES slots of 16 rows x KS */
+    const int E = a.expert_start ? a.E : 1, mode = a.mode;
+    const bool gated = mode == BMC_MOE_GATED, split = a.x_lo_rows > 0;
+    const int feats = gated ? 8 : 16; /* output features per unit */
+    const int fus = (a.N + feats - 1) / feats;
+    const int nkb = (a.K + KS - 1) / KS; /* k-steps */
+    const int slices = mode == BMC_MOE_PARTIAL ? max(a.k_split, 1) : 1, per_slice = (nkb + slices - 1) / slices;
+    if (threadIdx.x == 0) {
+        int run = 0;
+        for (int e = 0; e < E; e++) {
+            s_unit0[e] = run;
+            const int rows = a.expert_start ? a.expert_start[e + 1] - a.expert_start[e] : a.max_rows;
+            if (rows > 0) run += fus * slices;
+        }
+        s_unit0[E] = run;
+    }
+    __syncthreads();
+    const long long total = s_unit0[E];
+    const int u_begin = (int)(total * blockIdx.x / gridDim.x), u_end = (int)(total * (blockIdx.x + 1) / gridDim.x);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const T *X = reinterpret_cast<const T *>(a.X);
+    const int cols_per_row = split ? 2 : 1;
+    uint4 *ring = ms_ring + (size_t)warp * STAGES * 16 * (KS / 8); /* this warp's slots */
+    for (int u = u_begin + warp; u < u_end; u += MS_THREADS / 32) {
+        int e = 0;
+        while (e + 1 < E && s_unit0[e + 1] <= u) e++;
+        /* slice-major within an expert: neighbouring warps share one slice of the activations */
+        const int local = u - s_unit0[e], slice = local / fus, fu = local % fus;
+        const int r0 = a.expert_start ? a.expert_start[e] : 0;
+        const int rows = a.expert_start ? a.expert_start[e + 1] - r0 : a.max_rows;
+        const int kb0 = slice * per_slice, kb1 = min(nkb, kb0 + per_slice);
+        const T *W = reinterpret_cast<const T *>(a.W) + (size_t)e * (size_t)a.expert_stride;
+        /* this thread's weight rows (clamped in range; their outputs are dropped) */
+        /* the unit's two groups of 8 weight rows and how many of each exist
+         * (the rest read a valid row; their outputs are dropped) */
+        const T *wrow0, *wrow8;
+        int nv0, nv8;
+        if (gated) {
+            wrow0 = W + (size_t)fu * 8 * a.K;
+            wrow8 = W + (size_t)(a.N + fu * 8) * a.K;
+            nv0 = nv8 = min(8, a.N - fu * 8);
+        } else {
+            wrow0 = W + (size_t)fu * 16 * a.K;
+            wrow8 = wrow0 + (size_t)8 * a.K;
+            nv0 = min(8, a.N - fu * 16);
+            nv8 = min(8, a.N - fu * 16 - 8);
+        }
+        const int cols = rows * cols_per_row;
+        for (int c0 = 0; c0 < cols; c0 += MS_MAX_NT * 8) {
+            const int nt = min(MS_MAX_NT, (cols - c0 + 7) / 8);
+            int xoff[MS_MAX_NT];
+#pragma unroll
+            for (int j = 0; j < MS_MAX_NT; j++) { /* column c0 + 8j + g: row (of this expert) and half */
+                const int col = min(c0 + j * 8 + g, cols - 1), r = col / cols_per_row, half = col % cols_per_row;
+                const int gr = r0 + r, xr = (a.x_rows ? a.x_rows[gr] : gr) + (half ? a.x_lo_rows : 0);
+                xoff[j] = xr * a.ldx; /* X holds fewer than 2^31 elements (ms_fits) */
+            }
+            float acc[MS_MAX_NT][4];
+#pragma unroll
+            for (int j = 0; j < MS_MAX_NT; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+            if (nt == 1) ms_pass<T, 1, STAGES, KS, WEIGHTS_ONLY>(acc, wrow0, nv0, wrow8, nv8, X, xoff, a.K, kb0, kb1, ring);
+            else if (nt == 2) ms_pass<T, 2, STAGES, KS, WEIGHTS_ONLY>(acc, wrow0, nv0, wrow8, nv8, X, xoff, a.K, kb0, kb1, ring);
+            else ms_pass<T, 4, STAGES, KS, WEIGHTS_ONLY>(acc, wrow0, nv0, wrow8, nv8, X, xoff, a.K, kb0, kb1, ring);
+            /* acc[j][0..1]: weight row g at columns c0 + 8j + 2c, +1; [2..3]: row g + 8 */
+#pragma unroll
+            for (int j = 0; j < MS_MAX_NT; j++) {
+                if (j >= nt) break;
+#pragma unroll
+                for (int q = 0; q < 2; q++) {
+                    /* with halves, the column pair is one row's hi and lo: sum it; else two rows */
+                    if (split && q == 1) break;
+                    const int col = c0 + j * 8 + 2 * c + q;
+                    if (col >= cols) break;
+                    const int r = col / cols_per_row, gr = r0 + r;
+                    const float v0 = split ? acc[j][0] + acc[j][1] : acc[j][q];
+                    const float v8 = split ? acc[j][2] + acc[j][3] : acc[j][2 + q];
+                    const float *bias = a.bias ? a.bias + (size_t)e * (size_t)a.bias_stride : nullptr;
+                    T *y16 = reinterpret_cast<T *>(a.y);
+                    auto put16 = [&](int f, float v) {
+                        const T hi = bmc_from_float<T>(v);
+                        y16[(size_t)gr * a.ldy + f] = hi;
+                        if (a.y_lo_rows > 0)
+                            y16[(size_t)(gr + a.y_lo_rows) * a.ldy + f] = bmc_from_float<T>(v - bmc_to_float<T>(hi));
+                    };
+                    if (gated) {
+                        const int f = fu * 8 + g;
+                        if (f >= a.N) continue;
+                        const float x = v0 + (bias ? bias[f] : 0.0f), gt = v8 + (bias ? bias[a.N + f] : 0.0f);
+                        put16(f, (a.act == 1 ? bmc_silu(x) : bmc_gelu(x)) * gt);
+                        continue;
+                    }
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        const int n = fu * 16 + g + 8 * h;
+                        if (n >= a.N) continue;
+                        const float v = h ? v8 : v0;
+                        if (mode == BMC_MOE_PARTIAL) {
+                            reinterpret_cast<float *>(a.y)[((size_t)slice * a.max_rows + gr) * a.N + n] = v;
+                        } else if (mode == BMC_MOE_ACT) {
+                            const float x = v + (bias ? bias[n] : 0.0f);
+                            put16(n, a.act == 1 ? bmc_silu(x) : bmc_gelu(x));
+                        } else {
+                            const int t = a.y_rows ? a.y_rows[gr] : gr;
+                            const float s = (a.gates ? a.gates[t] : 1.0f) * (v + (bias ? bias[n] : 0.0f));
+                            float *y = reinterpret_cast<float *>(a.y) + (size_t)t * a.ldy + n;
+                            *y = a.add ? *y + s : s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* The streaming variant applies where its loads stay aligned. */
+static bool ms_fits(const bmc_moe_gemm_args *a) {
+    return a->ldx % 8 == 0 && a->K % 8 == 0 && a->expert_stride % 8 == 0 && ((uintptr_t)a->X & 15) == 0 &&
+           ((uintptr_t)a->W & 15) == 0 && a->E <= 64 &&
+           (long long)(2 * a->max_rows + a->x_lo_rows) * a->ldx < 2147483647LL;
+}
+
+/* Up to how many rows per expert (on average) the streaming kernel runs:
+ * BM_CUDA_MOE_STREAM_MAX (0: never), else 2: measured in the decode row path
+ * (2.8B and 1.5B, 16 and 64 streams), it wins at 16 streams and loses at 64;
+ * beyond 16 rows an expert also takes a second pass over its weights. */
+static int ms_max_rows_per_expert(void) {
+    const char *v = getenv("BM_CUDA_MOE_STREAM_MAX");
+    return v && *v ? atoi(v) : 2;
+}
+
+template <typename T, int STAGES, int KS, bool WEIGHTS_ONLY>
+static cudaError_t ms_launch(const bmc_moe_gemm_args *a, cudaStream_t stream) {
+    int dev = 0, sms = 0, per_sm = 0;
+    const int smem = MS_SMEM(STAGES, KS);
+    auto kernel = moe_stream_kernel<T, STAGES, KS, WEIGHTS_ONLY>;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    /* shared memory for the rings of two blocks; the rest of the SM's memory is L1 for the activations */
+    if (e == cudaSuccess) e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (e == cudaSuccess) e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 60);
+    if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, MS_THREADS, smem);
+    if (e != cudaSuccess) return e;
+    kernel<<<sms * max(per_sm, 1), MS_THREADS, smem, stream>>>(*a);
+    return cudaGetLastError();
+}
+
 template <typename T> static cudaError_t mg_dispatch(const bmc_moe_gemm_args *a, cudaStream_t stream) {
     switch (a->variant) {
     case 1: return mg_launch<T, 16, 128, 4>(a, stream);
@@ -260,9 +550,13 @@ template <typename T> static cudaError_t mg_dispatch(const bmc_moe_gemm_args *a,
     case 7: return mg_launch<T, 64, 64, 3>(a, stream);
     case 8: return mg_launch<T, 16, 64, 6>(a, stream);
     case 9: return mg_launch<T, 64, 128, 2>(a, stream); /* the fallback of devices with less shared memory */
+    case 10: return ms_fits(a) ? ms_launch<T, MS_STAGES, MS_KS, false>(a, stream) : cudaErrorInvalidValue;
+    /* a measurement: the streaming kernel's weight traffic alone, no products (the output is junk) */
+    case 11: return ms_fits(a) ? ms_launch<T, MS_STAGES, MS_KS, true>(a, stream) : cudaErrorInvalidValue;
     default: break;
     }
     const int per_expert = a->max_rows / (a->expert_start ? a->E : 1);
+    if (per_expert <= ms_max_rows_per_expert() && ms_fits(a)) return ms_launch<T, MS_STAGES, MS_KS, false>(a, stream);
     if (a->mode == BMC_MOE_PARTIAL) { /* fc2 split over K: wide tiles, the slices give the blocks */
         if (per_expert <= 16) return mg_fit<T, 16, 128, 4>(a, stream);
         if (per_expert <= 32) return mg_fit<T, 32, 128, 4>(a, stream);
@@ -280,6 +574,12 @@ template <typename T> static cudaError_t mg_dispatch(const bmc_moe_gemm_args *a,
 
 cudaError_t bmc_moe_gemm(const bmc_moe_gemm_args *a, int wtype, cudaStream_t stream) {
     if (a->max_rows <= 0 || a->N <= 0) return cudaSuccess;
-    if (a->K % 8 || a->E < 1 || a->E > 64 || a->variant < 0 || a->variant > 9) return cudaErrorInvalidValue;
+    if (a->K % 8 || a->E < 1 || a->E > 64 || a->variant < 0 || a->variant > 11) return cudaErrorInvalidValue;
     return wtype == BMC_F16 ? mg_dispatch<__half>(a, stream) : mg_dispatch<__nv_bfloat16>(a, stream);
+}
+
+int bmc_moe_fc2_split(int rows) {
+    /* few rows (the streaming kernel): its units, 16 output rows x a K slice,
+     * must outnumber the SMs' warps several times over for the work to even out */
+    return rows <= 16 ? 8 : rows <= 256 ? 4 : 2;
 }

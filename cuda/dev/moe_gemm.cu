@@ -113,10 +113,22 @@ static void check_case(int E, int rows, int K, int N, const int *counts, int spl
         double e9 = dev_rel_error(mf2, m_ref, (size_t)rows * N);
         printf("  fc1, 64x128 tiles in a 2-stage pipeline: rel err %.2e\n", e9);
         DEV_CHECK(e9 < (split ? 1e-4 : 1e-2), "fc1 2-stage rel err %.3e", e9);
+        /* the weight-streaming kernel */
+        DEV_CUDA(cudaMemset(d_m2, 0xff, (size_t)2 * rows * N * 2));
+        b.variant = 10;
+        DEV_CUDA(bmc_moe_gemm(&b, BMC_BF16, 0));
+        DEV_CUDA(cudaDeviceSynchronize());
+        dev_download(mh2, d_m2, (size_t)(split ? 2 : 1) * rows * N);
+        for (size_t i = 0; i < (size_t)rows * N; i++)
+            mf2[i] = dev_from_bf16(mh2[i]) + (split ? dev_from_bf16(mh2[(size_t)rows * N + i]) : 0.0f);
+        double e10 = dev_rel_error(mf2, m_ref, (size_t)rows * N);
+        printf("  fc1, weight-streaming kernel: rel err %.2e\n", e10);
+        DEV_CHECK(e10 < (split ? 1e-4 : 1e-2), "fc1 streaming rel err %.3e", e10);
         free(mh2); free(mf2); cudaFree(d_m2);
     }
     /* fc2 from the GPU's own m (bf16), store then add */
-    for (int add = 0; add < 2; add++) {
+    for (int run = 0; run < 4; run++) {
+        const int add = run & 1, variant = run < 2 ? 0 : 10; /* then the weight-streaming kernel */
         float *d_y = add ? dev_upload(y0, (size_t)rows * K) : dev_alloc_poisoned<float>((size_t)rows * K);
         memset(&a, 0, sizeof a);
         a.mode = BMC_MOE_SCATTER;
@@ -136,19 +148,20 @@ static void check_case(int E, int rows, int K, int N, const int *counts, int spl
         a.y_rows = d_order;
         a.gates = d_g;
         a.add = add;
+        a.variant = variant;
         a.x_lo_rows = split ? rows : 0;
         DEV_CUDA(bmc_moe_gemm(&a, BMC_BF16, 0));
         DEV_CUDA(cudaDeviceSynchronize());
         float *yh = (float *)malloc((size_t)rows * K * 4);
         dev_download(yh, d_y, (size_t)rows * K);
         double e2 = dev_rel_error(yh, add ? y_add : y_ref, (size_t)rows * K);
-        printf("  fc2 scatter (%s)%s, E %d rows %d: rel err %.2e\n", add ? "add" : "store", split ? " (two halves)" : "", E,
-               rows, e2);
+        printf("  fc2 scatter (%s)%s%s, E %d rows %d: rel err %.2e\n", add ? "add" : "store", split ? " (two halves)" : "",
+               variant ? ", weight-streaming kernel" : "", E, rows, e2);
         DEV_CHECK(e2 < 1e-4, "fc2 rel err %.3e", e2);
         free(yh);
         cudaFree(d_y);
     }
-    {   /* fc2 split over K (3 slices, partial sums) + bmc_scatter_parts */
+    for (int variant = 0; variant <= 10; variant += 10) { /* fc2 split over K (3 slices, partial sums) + bmc_scatter_parts */
         int *d_expert_of = NULL;
         int *expert_of = (int *)malloc(rows * 4);
         for (int e = 0; e < E; e++)
@@ -171,14 +184,15 @@ static void check_case(int E, int rows, int K, int N, const int *counts, int spl
         a.y = d_part;
         a.ldy = K;
         a.x_lo_rows = split ? rows : 0;
+        a.variant = variant;
         DEV_CUDA(bmc_moe_gemm(&a, BMC_BF16, 0));
         DEV_CUDA(bmc_scatter_parts(d_part, 3, (long long)rows * K, d_n, d_order, d_g, d_b2, d_expert_of, rows, K, 0, d_y, 0));
         DEV_CUDA(cudaDeviceSynchronize());
         float *yh = (float *)malloc((size_t)rows * K * 4);
         dev_download(yh, d_y, (size_t)rows * K);
         double e3 = dev_rel_error(yh, y_ref, (size_t)rows * K);
-        printf("  fc2 split over K in 3 + scatter of the parts%s, E %d rows %d: rel err %.2e\n", split ? " (two halves)" : "",
-               E, rows, e3);
+        printf("  fc2 split over K in 3 + scatter of the parts%s%s, E %d rows %d: rel err %.2e\n",
+               split ? " (two halves)" : "", variant ? ", weight-streaming kernel" : "", E, rows, e3);
         DEV_CHECK(e3 < 1e-4, "fc2 split rel err %.3e", e3);
         free(yh); free(expert_of);
         cudaFree(d_part); cudaFree(d_y); cudaFree(d_n); cudaFree(d_expert_of);
@@ -198,6 +212,8 @@ int main(void) {
     const int counts2[8] = {1, 1, 1, 1, 1, 1, 1, 1};
     check_case(8, 8, 1472, 136, counts2, 0); /* 16-row tiles */
     check_case(8, 8, 1472, 136, counts2, 1);
+    const int counts3[8] = {9, 7, 8, 12, 4, 0, 17, 7}; /* 64 rows at the 2.8B widths, as a 64-stream step routes them */
+    check_case(8, 64, 1472, 3872, counts3, 1);
 
     /* timing: the 2.8B expert shapes */
     const int d = 1472, F = 3872, E = 8;
@@ -207,12 +223,14 @@ int main(void) {
     uint16_t *d_w1 = dev_upload(w1h, w1n), *d_w2 = dev_upload(w1h, w2n);
     free(w1h);
     /* every tile shape (variant 1..8, 0 = the automatic choice) at each row count */
-    static const char *const shapes[9] = {"auto", "16x128/4", "16x64/4", "16x32/4", "32x128/4",
-                                          "32x64/4", "64x128/3", "64x64/3", "16x64/6"};
-    printf("  2.8B experts, inputs in two halves: fc1 / fc2 us per tile shape (TMxTN/stages), and the auto choice's GB/s, TFLOP/s\n");
+    static const char *const shapes[12] = {"auto",     "16x128/4", "16x64/4", "16x32/4", "32x128/4", "32x64/4",
+                                           "64x128/3", "64x64/3",  "16x64/6", "64x128/2", "stream",   "W only"};
+    printf("  2.8B experts, inputs in two halves: fc1 / fc2 us per tile shape (TMxTN/stages, stream: the weight-streaming\n"
+           "  kernel), the auto choice's GB/s and TFLOP/s, fc2 split over K + scatter (tiles, stream), and the GB/s of\n"
+           "  the streaming kernel's fc1 + split fc2\n");
     printf("  %-6s", "rows");
-    for (int v = 0; v < 9; v++) printf(" %15s", shapes[v]);
-    printf(" %8s %8s %14s\n", "GB/s", "TFLOP/s", "fc2 split+sc");
+    for (int v = 0; v < 12; v++) printf(" %11s", shapes[v]);
+    printf(" %8s %8s %14s %14s %8s\n", "GB/s", "TFLOP/s", "fc2 split+sc", "stream sp+sc", "GB/s");
     const int row_counts[5] = {16, 64, 128, 256, 1024};
     for (int ri = 0; ri < 5; ri++) {
         const int rows = row_counts[ri];
@@ -236,18 +254,20 @@ int main(void) {
         a2.y_rows = d_order; a2.gates = d_g; a2.x_lo_rows = rows;
         printf("  %-6d", rows);
         double t_auto = 0;
-        for (int v = 0; v < 9; v++) {
+        double t_stream = 0;
+        for (int v = 0; v < 12; v++) {
             a1.variant = a2.variant = v;
             double t1 = dev_time_us(15, [&](int) { DEV_CUDA(bmc_moe_gemm(&a1, BMC_BF16, 0)); });
             double t2 = dev_time_us(15, [&](int) { DEV_CUDA(bmc_moe_gemm(&a2, BMC_BF16, 0)); });
             if (v == 0) t_auto = t1 + t2;
+            if (v == 10) t_stream = t1;
             char cell[32];
             snprintf(cell, sizeof cell, "%.0f/%.0f", t1, t2);
-            printf(" %15s", cell);
+            printf(" %11s", cell);
         }
         const double bytes = (w1n + w2n) * 2.0, flops = 2.0 * rows * (2.0 * F * d + (double)d * F);
         /* fc2 as the row path runs it: split over K, then the parts scattered */
-        const int split = rows <= 256 ? 4 : 2;
+        const int split = bmc_moe_fc2_split(rows);
         float *d_part = dev_alloc_poisoned<float>((size_t)split * rows * d);
         int *d_n = dev_upload(&rows, 1);
         bmc_moe_gemm_args a3 = a2;
@@ -259,7 +279,14 @@ int main(void) {
             DEV_CUDA(bmc_moe_gemm(&a3, BMC_BF16, 0));
             DEV_CUDA(bmc_scatter_parts(d_part, split, (long long)rows * d, d_n, d_order, d_g, NULL, NULL, rows, d, 0, d_y, 0));
         });
-        printf(" %8.0f %8.1f %10.0f (%d)\n", bytes / (t_auto * 1e-6) / 1e9, flops / (t_auto * 1e-6) / 1e12, t3, split);
+        a3.variant = 10;
+        const double t4 = dev_time_us(15, [&](int) {
+            DEV_CUDA(bmc_moe_gemm(&a3, BMC_BF16, 0));
+            DEV_CUDA(bmc_scatter_parts(d_part, split, (long long)rows * d, d_n, d_order, d_g, NULL, NULL, rows, d, 0, d_y, 0));
+        });
+        t_stream += t4; /* fc1 + fc2 as the row path would run them with the streaming kernel */
+        printf(" %8.0f %8.1f %10.0f (%d) %10.0f (%d) %8.0f\n", bytes / (t_auto * 1e-6) / 1e9,
+               flops / (t_auto * 1e-6) / 1e12, t3, split, t4, split, bytes / (t_stream * 1e-6) / 1e9);
         cudaFree(d_part);
         cudaFree(d_n);
         free(xh); free(gates); free(order);
