@@ -4,7 +4,7 @@
 # per-kernel harnesses, compute-sanitizer memcheck on small models, and
 # bm-bench at both released sizes. Full logs go to $OUT; a short table is
 # printed last. Steps are bounded by timeouts so one hang cannot eat the call.
-# Usage: sh cuda/dev/device_run.sh [fused] [trace] [tests] [memcheck] [bench] [cross] [prof] [ab] [cpu]
+# Usage: sh cuda/dev/device_run.sh [fused] [trace] [tests] [memcheck] [bench] [cross] [prof] [ncu] [ab] [cpu]
 #        (default: tests memcheck bench). BM_DEADLINE (seconds, default 570):
 # steps that would start after it are skipped, and each step's timeout is cut
 # to what is left, so the script ends inside one device call.
@@ -116,6 +116,18 @@ if has prof; then
         grep -E "^row path profile" "$OUT/one.log" | sed 's/ms\/step://' >> "$summary"
         { echo "==== BM_CUDA_ROWS_PROFILE=1 bm-bench --dims $dims"; cat "$OUT/one.log"; } >> "$OUT/bench.log"
     done
+fi
+if has ncu; then
+    # every kernel of one 64-stream 2.8B step under Nsight Compute (durations and DRAM bytes, each
+    # kernel alone with caches flushed); cuda/dev/ncu_breakdown.py sums the last step by kernel
+    if enough 300 && [ -x /usr/local/cuda/bin/ncu ]; then
+        timeout $(left 280) /usr/local/cuda/bin/ncu --metrics gpu__time_duration.sum,dram__bytes_read.sum --csv \
+            --print-units base "$B/bm-bench" --dims 2.8B --batch 64 --prompt 0 --prefill-batch 0 --steps 1 \
+            > "$OUT/ncu64.csv" 2> "$OUT/ncu64.err"
+        echo "ncu 64-stream step: rc $? ($(wc -l < "$OUT/ncu64.csv") lines in ncu64.csv)" >> "$summary"
+    else
+        echo "ncu skipped (deadline or no ncu)" >> "$summary"
+    fi
 fi
 if has ab; then
     for v in BM_CUDA_PDL=0 BM_CUDA_L2_PREFETCH=1 BM_CUDA_FUSED_ROUTE=1; do

@@ -203,9 +203,42 @@ static void check_case(int E, int rows, int K, int N, const int *counts, int spl
     cudaFree(d_start); cudaFree(d_order); cudaFree(d_m);
 }
 
+/* DEV_PROFILE=1: one launch each of fc1 at 64 rows (2.8B experts) with the
+ * 16x128 tiles, the streaming kernel and its weight stream alone, nothing
+ * else: a short program for a profiler (ncu -k regex:moe_). */
+static int profile_once(void) {
+    const int d = 1472, F = 3872, E = 8, rows = 64;
+    const size_t w1n = (size_t)E * 2 * F * d;
+    uint16_t *w1h = (uint16_t *)malloc(w1n * 2), *xh = (uint16_t *)malloc((size_t)2 * rows * d * 2);
+    for (size_t i = 0; i < w1n; i++) w1h[i] = dev_bf16((float)(0.05 * dev_uniform()));
+    for (size_t i = 0; i < (size_t)2 * rows * d; i++) xh[i] = dev_bf16((float)dev_uniform());
+    int start[9], order[64];
+    for (int e = 0; e <= E; e++) start[e] = rows * e / E;
+    for (int i = 0; i < rows; i++) order[i] = i;
+    uint16_t *d_w1 = dev_upload(w1h, w1n), *d_x = dev_upload(xh, (size_t)2 * rows * d);
+    uint16_t *d_m = dev_alloc_poisoned<uint16_t>((size_t)2 * rows * F);
+    int *d_start = dev_upload(start, 9), *d_order = dev_upload(order, rows);
+    bmc_moe_gemm_args a;
+    memset(&a, 0, sizeof a);
+    a.mode = BMC_MOE_GATED; a.N = F; a.K = d; a.E = E; a.max_rows = rows; a.X = d_x; a.ldx = d;
+    a.x_rows = d_order; a.W = d_w1; a.expert_stride = (long long)2 * F * d; a.expert_start = d_start;
+    a.y = d_m; a.ldy = F; a.x_lo_rows = a.y_lo_rows = rows;
+    const int variants[3] = {1, 10, 11};
+    for (int v : variants) {
+        a.variant = v;
+        DEV_CUDA(bmc_moe_gemm(&a, BMC_BF16, 0));
+    }
+    DEV_CUDA(cudaDeviceSynchronize());
+    free(w1h); free(xh);
+    cudaFree(d_w1); cudaFree(d_x); cudaFree(d_m); cudaFree(d_start); cudaFree(d_order);
+    printf("dev_moe_gemm: profile launches done\n");
+    return 0;
+}
+
 int main(void) {
     if (dev_no_gpu("dev_moe_gemm")) return 0;
     dev_seed();
+    if (getenv("DEV_PROFILE") && getenv("DEV_PROFILE")[0] == '1') return profile_once();
     const int counts1[5] = {3, 0, 70, 1, 77}; /* 151 rows: an empty expert, two of more than one tile */
     check_case(5, 151, 136, 200, counts1, 0);
     check_case(5, 151, 136, 200, counts1, 1);
