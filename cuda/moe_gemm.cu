@@ -425,7 +425,6 @@ __global__ void __launch_bounds__(MS_THREADS, 2) moe_stream_kernel(const bmc_moe
         const int rows = a.expert_start ? a.expert_start[e + 1] - r0 : a.max_rows;
         const int kb0 = slice * per_slice, kb1 = min(nkb, kb0 + per_slice);
         const T *W = reinterpret_cast<const T *>(a.W) + (size_t)e * (size_t)a.expert_stride;
-        /* this thread's weight rows (clamped in range; their outputs are dropped) */
         /* the unit's two groups of 8 weight rows and how many of each exist
          * (the rest read a valid row; their outputs are dropped) */
         const T *wrow0, *wrow8;
