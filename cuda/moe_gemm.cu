@@ -41,6 +41,42 @@ template <int N> __device__ __forceinline__ void mg_cp_wait() {
     ((size_t)(ST) * MG_STAGE_ELEMS(TM, TN) * 2 > (size_t)(TM) * ((TN) + 4) * 4 ? (size_t)(ST) * MG_STAGE_ELEMS(TM, TN) * 2 \
                                                                              : (size_t)(TM) * ((TN) + 4) * 4)
 
+/* The epilogue of one output, shared by both kernels: sorted row gr,
+ * output feature n (f for the gated pair), f32 product(s) v (x and g), the
+ * expert's bias (or NULL), PARTIAL's K slice. */
+template <typename T> __device__ __forceinline__ void mg_store16(const bmc_moe_gemm_args &a, int gr, int n, float v) {
+    T *y16 = reinterpret_cast<T *>(a.y);
+    const T hi = bmc_from_float<T>(v);
+    y16[(size_t)gr * a.ldy + n] = hi;
+    if (a.y_lo_rows > 0) y16[(size_t)(gr + a.y_lo_rows) * a.ldy + n] = bmc_from_float<T>(v - bmc_to_float<T>(hi));
+}
+__device__ __forceinline__ float mg_act(const bmc_moe_gemm_args &a, float x) {
+    return a.act == 1 ? bmc_silu(x) : bmc_gelu(x);
+}
+template <typename T>
+__device__ __forceinline__ void mg_finish_gated(const bmc_moe_gemm_args &a, const float *bias, int gr, int f, float x,
+                                                float g) {
+    if (bias) {
+        x += bias[f];
+        g += bias[a.N + f];
+    }
+    mg_store16<T>(a, gr, f, mg_act(a, x) * g);
+}
+template <typename T>
+__device__ __forceinline__ void mg_finish(const bmc_moe_gemm_args &a, const float *bias, int slice, int gr, int n,
+                                          float v) {
+    if (a.mode == BMC_MOE_PARTIAL) {
+        reinterpret_cast<float *>(a.y)[((size_t)slice * a.max_rows + gr) * a.N + n] = v;
+    } else if (a.mode == BMC_MOE_ACT) {
+        mg_store16<T>(a, gr, n, mg_act(a, v + (bias ? bias[n] : 0.0f)));
+    } else { /* SCATTER */
+        const int t = a.y_rows ? a.y_rows[gr] : gr;
+        const float s = (a.gates ? a.gates[t] : 1.0f) * (v + (bias ? bias[n] : 0.0f));
+        float *y = reinterpret_cast<float *>(a.y) + (size_t)t * a.ldy + n;
+        *y = a.add ? *y + s : s;
+    }
+}
+
 template <typename T, int TM, int TN, int STAGES>
 __global__ void __launch_bounds__(MG_THREADS(TN)) moe_gemm_kernel(const bmc_moe_gemm_args a) {
     constexpr int THREADS = MG_THREADS(TN), WARPS = TN / 16;
@@ -170,47 +206,18 @@ __global__ void __launch_bounds__(MG_THREADS(TN)) moe_gemm_kernel(const bmc_moe_
     __syncthreads();
 
     const float *bias = a.bias ? a.bias + (size_t)e * (size_t)a.bias_stride : nullptr;
-    T *y16 = reinterpret_cast<T *>(a.y);
     if (gated) {
         constexpr int H = TN / 2;
         for (int i = tid; i < TM * H; i += THREADS) {
             const int r = i / H, f = i % H, gr = r0 + r, of = out0 + f;
             if (gr >= r1 || of >= a.N) continue;
-            float x = Cs[r * LDC + f], g = Cs[r * LDC + H + f];
-            if (bias) {
-                x += bias[of];
-                g += bias[a.N + of];
-            }
-            const float v = (a.act == 1 ? bmc_silu(x) : bmc_gelu(x)) * g;
-            const T hi = bmc_from_float<T>(v);
-            y16[(size_t)gr * a.ldy + of] = hi;
-            if (a.y_lo_rows > 0) y16[(size_t)(gr + a.y_lo_rows) * a.ldy + of] = bmc_from_float<T>(v - bmc_to_float<T>(hi));
-        }
-    } else if (a.mode == BMC_MOE_ACT) {
-        for (int i = tid; i < TM * TN; i += THREADS) {
-            const int r = i / TN, n = i % TN, gr = r0 + r, on = out0 + n;
-            if (gr >= r1 || on >= a.N) continue;
-            const float x = Cs[r * LDC + n] + (bias ? bias[on] : 0.0f);
-            const float v = a.act == 1 ? bmc_silu(x) : bmc_gelu(x);
-            const T hi = bmc_from_float<T>(v);
-            y16[(size_t)gr * a.ldy + on] = hi;
-            if (a.y_lo_rows > 0) y16[(size_t)(gr + a.y_lo_rows) * a.ldy + on] = bmc_from_float<T>(v - bmc_to_float<T>(hi));
-        }
-    } else if (a.mode == BMC_MOE_PARTIAL) {
-        float *part = reinterpret_cast<float *>(a.y) + (size_t)blockIdx.z * a.max_rows * a.N;
-        for (int i = tid; i < TM * TN; i += THREADS) {
-            const int r = i / TN, n = i % TN, gr = r0 + r, on = out0 + n;
-            if (gr >= r1 || on >= a.N) continue;
-            part[(size_t)gr * a.N + on] = Cs[r * LDC + n];
+            mg_finish_gated<T>(a, bias, gr, of, Cs[r * LDC + f], Cs[r * LDC + H + f]);
         }
     } else {
         for (int i = tid; i < TM * TN; i += THREADS) {
             const int r = i / TN, n = i % TN, gr = r0 + r, on = out0 + n;
             if (gr >= r1 || on >= a.N) continue;
-            const int t = a.y_rows ? a.y_rows[gr] : gr;
-            const float v = (a.gates ? a.gates[t] : 1.0f) * (Cs[r * LDC + n] + (bias ? bias[on] : 0.0f));
-            float *y = reinterpret_cast<float *>(a.y) + (size_t)t * a.ldy + on;
-            *y = a.add ? *y + v : v;
+            mg_finish<T>(a, bias, (int)blockIdx.z, gr, on, Cs[r * LDC + n]);
         }
     }
 }
@@ -469,36 +476,12 @@ __global__ void __launch_bounds__(MS_THREADS, 2) moe_stream_kernel(const bmc_moe
                     const float v0 = split ? acc[j][0] + acc[j][1] : acc[j][q];
                     const float v8 = split ? acc[j][2] + acc[j][3] : acc[j][2 + q];
                     const float *bias = a.bias ? a.bias + (size_t)e * (size_t)a.bias_stride : nullptr;
-                    T *y16 = reinterpret_cast<T *>(a.y);
-                    auto put16 = [&](int f, float v) {
-                        const T hi = bmc_from_float<T>(v);
-                        y16[(size_t)gr * a.ldy + f] = hi;
-                        if (a.y_lo_rows > 0)
-                            y16[(size_t)(gr + a.y_lo_rows) * a.ldy + f] = bmc_from_float<T>(v - bmc_to_float<T>(hi));
-                    };
                     if (gated) {
-                        const int f = fu * 8 + g;
-                        if (f >= a.N) continue;
-                        const float x = v0 + (bias ? bias[f] : 0.0f), gt = v8 + (bias ? bias[a.N + f] : 0.0f);
-                        put16(f, (a.act == 1 ? bmc_silu(x) : bmc_gelu(x)) * gt);
-                        continue;
-                    }
-#pragma unroll
-                    for (int h = 0; h < 2; h++) {
-                        const int n = fu * 16 + g + 8 * h;
-                        if (n >= a.N) continue;
-                        const float v = h ? v8 : v0;
-                        if (mode == BMC_MOE_PARTIAL) {
-                            reinterpret_cast<float *>(a.y)[((size_t)slice * a.max_rows + gr) * a.N + n] = v;
-                        } else if (mode == BMC_MOE_ACT) {
-                            const float x = v + (bias ? bias[n] : 0.0f);
-                            put16(n, a.act == 1 ? bmc_silu(x) : bmc_gelu(x));
-                        } else {
-                            const int t = a.y_rows ? a.y_rows[gr] : gr;
-                            const float s = (a.gates ? a.gates[t] : 1.0f) * (v + (bias ? bias[n] : 0.0f));
-                            float *y = reinterpret_cast<float *>(a.y) + (size_t)t * a.ldy + n;
-                            *y = a.add ? *y + s : s;
-                        }
+                        if (fu * 8 + g < a.N) mg_finish_gated<T>(a, bias, gr, fu * 8 + g, v0, v8);
+                    } else {
+                        const int n = fu * 16 + g;
+                        if (n < a.N) mg_finish<T>(a, bias, slice, gr, n, v0);
+                        if (n + 8 < a.N) mg_finish<T>(a, bias, slice, gr, n + 8, v8);
                     }
                 }
             }
@@ -508,8 +491,8 @@ __global__ void __launch_bounds__(MS_THREADS, 2) moe_stream_kernel(const bmc_moe
 
 /* The streaming variant applies where its loads stay aligned. */
 static bool ms_fits(const bmc_moe_gemm_args *a) {
-    return a->ldx % 8 == 0 && a->K % 8 == 0 && a->expert_stride % 8 == 0 && ((uintptr_t)a->X & 15) == 0 &&
-           ((uintptr_t)a->W & 15) == 0 && a->E <= 64 &&
+    /* (K % 8 and E <= 64 are bmc_moe_gemm's own conditions) */
+    return a->ldx % 8 == 0 && a->expert_stride % 8 == 0 && ((uintptr_t)a->X & 15) == 0 && ((uintptr_t)a->W & 15) == 0 &&
            (long long)(2 * a->max_rows + a->x_lo_rows) * a->ldx < 2147483647LL;
 }
 
