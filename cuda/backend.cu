@@ -362,6 +362,7 @@ static bm_status model_init(bm_model *m, const bm_model_params *p) {
          * rows); below, the GEMV path. Measured crossover: docs/PERF.md. */
         env = getenv("BM_CUDA_ROWS_MIN");
         cm->rows_min = env && atoi(env) > 0 ? atoi(env) : BMC_ROWS_MIN_DEFAULT;
+        cm->debug_skip = bmc_parse_debug_skip(getenv("BM_CUDA_DEBUG_SKIP"));
     }
     cm->max_experts = 1;
     for (int i = 0; i < c->n_layers; i++)

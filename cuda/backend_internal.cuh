@@ -48,6 +48,10 @@ typedef struct cuda_model {
      * (forward_rows.cu); smaller ones the GEMV path. BM_CUDA_ROWS_MIN. */
     int rows_min;
     int max_experts;                  /* over the layers, at least 1 */
+    /* Measurement switch BM_CUDA_DEBUG_SKIP (forward.cu): batch-1 decode
+     * kernels left out of the step graph, a bit per BMC_SKIP_* kind. The
+     * results are wrong; the time saved is the kernels' cost in the graph. */
+    unsigned debug_skip;
     char *pool;                       /* every weight, one allocation */
     size_t pool_bytes;
     const void *embedding, *lm_head;
@@ -72,6 +76,30 @@ typedef struct prefill_scratch {
     void *normed16, *moe16, *u16, *y16, *gathered16, *act16, *m16, *final16;
     int *expert_of, *order, *expert_start;
 } prefill_scratch;
+
+/* BM_CUDA_DEBUG_SKIP: a comma-separated list of these names. */
+enum {
+    BMC_SKIP_IN_PROJ = 1u << 0,
+    BMC_SKIP_X_PROJ = 1u << 1,
+    BMC_SKIP_SCAN = 1u << 2,
+    BMC_SKIP_OUT_PROJ = 1u << 3,
+    BMC_SKIP_ROUTER = 1u << 4,
+    BMC_SKIP_FC1 = 1u << 5,
+    BMC_SKIP_FC2 = 1u << 6,
+    BMC_SKIP_HEAD = 1u << 7,
+};
+static inline unsigned bmc_parse_debug_skip(const char *list) {
+    static const char *const names[] = {"in_proj", "x_proj", "scan", "out_proj", "router", "fc1", "fc2", "head"};
+    unsigned mask = 0;
+    for (const char *p = list; p && *p;) {
+        const char *end = strchr(p, ',');
+        const size_t n = end ? (size_t)(end - p) : strlen(p);
+        for (unsigned i = 0; i < sizeof names / sizeof names[0]; i++)
+            if (strlen(names[i]) == n && strncmp(names[i], p, n) == 0) mask |= 1u << i;
+        p = end ? end + 1 : p + n;
+    }
+    return mask;
+}
 
 /* Decode row path (forward_rows.cu): a step of up to BMC_MAX_ROWS streams as
  * GEMMs over the rows, padded to a bucket size; one graph per bucket. */

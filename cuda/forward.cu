@@ -430,6 +430,7 @@ static cudaError_t enqueue_step(cuda_session *cs, const bm_model *m, int nb, int
      * orders captured work and leaves the event unusable from the host. */
     if ((e = cudaEventRecordWithFlags(cs->inputs_consumed, st, cudaEventRecordExternal))) return e;
     int cur = 0;
+    const unsigned skip = cm->debug_skip;
     if (nb == 1 && cm->fused_ok) {
         bmc_fused_step_args a = cm->fused;
         a.token = cs->d_tokens;
@@ -480,7 +481,7 @@ static cudaError_t enqueue_step(cuda_session *cs, const bm_model *m, int nb, int
                 a.prefetch[1] = w->x_proj;
                 a.prefetch_bytes[1] = (size_t)xd * di * 2;
             }
-            if ((e = bmc_gemv(&a, wt, 0, sms, st, pdl))) return e;
+            if (!(skip & BMC_SKIP_IN_PROJ) && (e = bmc_gemv(&a, wt, 0, sms, st, pdl))) return e;
             cur ^= 1;
 
             memset(&a, 0, sizeof a);
@@ -498,7 +499,7 @@ static cudaError_t enqueue_step(cuda_session *cs, const bm_model *m, int nb, int
                 a.prefetch[0] = w->dt_proj;
                 a.prefetch_bytes[0] = (size_t)di * R * 2;
             }
-            if ((e = bmc_gemv(&a, wt, 0, sms, st, pdl))) return e;
+            if (!(skip & BMC_SKIP_X_PROJ) && (e = bmc_gemv(&a, wt, 0, sms, st, pdl))) return e;
 
             bmc_step_scan_args sa;
             memset(&sa, 0, sizeof sa);
@@ -516,7 +517,7 @@ static cudaError_t enqueue_step(cuda_session *cs, const bm_model *m, int nb, int
             sa.state_ptrs = cs->d_state_ptrs;
             sa.ssm_offset = (long long)bmi_state_ssm_offset(c, L->mamba_index);
             sa.y = cs->yg;
-            if ((e = bmc_scan_step(&sa, wt, st, pdl))) return e;
+            if (!(skip & BMC_SKIP_SCAN) && (e = bmc_scan_step(&sa, wt, st, pdl))) return e;
 
             memset(&a, 0, sizeof a);
             a.W = w->out_proj;
@@ -547,7 +548,7 @@ static cudaError_t enqueue_step(cuda_session *cs, const bm_model *m, int nb, int
                 a.slot_count_out = cs->slot_count;
                 a.slot_rows_out = cs->slot_rows;
             }
-            if ((e = bmc_gemv(&a, wt, 0, sms, st, pdl))) return e;
+            if (!(skip & BMC_SKIP_OUT_PROJ) && (e = bmc_gemv(&a, wt, 0, sms, st, pdl))) return e;
         }
         if (L->n_experts > 0) {
             const int parallel = L->has_mamba;
@@ -575,7 +576,7 @@ static cudaError_t enqueue_step(cuda_session *cs, const bm_model *m, int nb, int
                 ra.prefetch_expert_base = L->fc1;
                 ra.prefetch_expert_stride = ra.prefetch_expert_bytes = (size_t)g * F * d * 2;
             }
-            if ((e = bmc_router_step(&ra, st, pdl))) return e;
+            if (!(skip & BMC_SKIP_ROUTER) && (e = bmc_router_step(&ra, st, pdl))) return e;
             }
         routed:
             if (!parallel) cur ^= 1;
@@ -610,7 +611,7 @@ static cudaError_t enqueue_step(cuda_session *cs, const bm_model *m, int nb, int
                 a.prefetch_expert_base = L->fc2;
                 a.prefetch_expert_stride = a.prefetch_expert_bytes = (size_t)d * F * 2;
             }
-            if ((e = bmc_gemv(&a, wt, 0, sms, st, pdl))) return e;
+            if (!(skip & BMC_SKIP_FC1) && (e = bmc_gemv(&a, wt, 0, sms, st, pdl))) return e;
 
             memset(&a, 0, sizeof a);
             a.W = L->fc2;
@@ -641,7 +642,7 @@ static cudaError_t enqueue_step(cuda_session *cs, const bm_model *m, int nb, int
                     if (a.prefetch_bytes[0] > ((size_t)24 << 20)) a.prefetch_bytes[0] = (size_t)24 << 20;
                 }
             }
-            if ((e = bmc_gemv(&a, wt, 0, sms, st, pdl))) return e;
+            if (!(skip & BMC_SKIP_FC2) && (e = bmc_gemv(&a, wt, 0, sms, st, pdl))) return e;
         }
     }
 head:
@@ -662,7 +663,7 @@ head:
         a.y = cs->logits;
         a.ldy = c->vocab_size;
         a.bias = cm->lm_head_bias;
-        if ((e = bmc_gemv(&a, wt, 0, sms, st, pdl))) return e;
+        if (!(skip & BMC_SKIP_HEAD) && (e = bmc_gemv(&a, wt, 0, sms, st, pdl))) return e;
     }
     return cudaSuccess;
 }

@@ -4,7 +4,7 @@
 # per-kernel harnesses, compute-sanitizer memcheck on small models, and
 # bm-bench at both released sizes. Full logs go to $OUT; a short table is
 # printed last. Steps are bounded by timeouts so one hang cannot eat the call.
-# Usage: sh cuda/dev/device_run.sh [fused] [trace] [tests] [memcheck] [bench] [cross] [prof] [ncu] [ab] [cpu]
+# Usage: sh cuda/dev/device_run.sh [fused] [trace] [tests] [memcheck] [bench] [cross] [prof] [ncu] [ab] [skip] [cpu]
 #        (default: tests memcheck bench). BM_DEADLINE (seconds, default 570):
 # steps that would start after it are skipped, and each step's timeout is cut
 # to what is left, so the script ends inside one device call.
@@ -135,6 +135,18 @@ if has ab; then
         env $v timeout $(left 120) "$B/bm-bench" --dims 2.8B --batch 1 --prompt 16 --prefill-batch 0 > "$OUT/one.log" 2>&1
         echo "2.8B with $v: $(grep 'decode batch    1' "$OUT/one.log" | tr '\n' ' ')" >> "$summary"
         { echo "==== $v bm-bench --dims 2.8B --batch 1"; cat "$OUT/one.log"; } >> "$OUT/bench.log"
+    done
+fi
+if has skip; then
+    # what each batch-1 decode kernel costs inside the step graph: the step with that kind
+    # left out (BM_CUDA_DEBUG_SKIP; the output is wrong, the time saved is the kernel's share)
+    for v in none in_proj x_proj scan out_proj router fc1 fc2 head x_proj,scan router,fc1,fc2 \
+        in_proj,x_proj,scan,out_proj,router,fc1,fc2; do
+        enough 25 || continue
+        BM_CUDA_DEBUG_SKIP=$v timeout $(left 60) "$B/bm-bench" --dims 2.8B --batch 1 --prompt 0 --prefill-batch 0 \
+            --steps 300 > "$OUT/one.log" 2>&1
+        echo "2.8B batch 1, skip $v: $(grep -E '^\| +1 \|' "$OUT/one.log" | tr '\n' ' ')" >> "$summary"
+        { echo "==== BM_CUDA_DEBUG_SKIP=$v"; cat "$OUT/one.log"; } >> "$OUT/bench.log"
     done
 fi
 if has memcheck; then

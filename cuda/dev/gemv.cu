@@ -1,7 +1,8 @@
 /* Harness: the decode GEMV (cuda/gemv.cu) at the 2.8B model's shapes.
  * Checks plain, gated (fc1) and batch-4 products against a double CPU
  * product of the same bf16 weights, then times each shape at batch 1 for
- * every ksplit and reports the achieved weight bandwidth. The weights are
+ * every ksplit and reports the achieved weight bandwidth, then per launch
+ * of 20 back to back with PDL, as in the step graph. The weights are
  * rotated over several copies so the timing reads DRAM, not L2. */
 #include "dev.cuh"
 
@@ -97,6 +98,27 @@ int main(void) {
                 bmc_gemv(&a, BMC_BF16, ks, sms, 0, 0);
             });
             printf(" %6.1f/%4.0f", us, wn * 2 / (us * 1e3));
+        }
+        { /* back to back with PDL, as in the step graph: 20 launches over
+           * different copies of the weights, per launch (ksplit chosen by bmc_gemv) */
+            double us = dev_time_us(20, [&](int) {
+                for (int j = 0; j < 20; j++) {
+                    bmc_gemv_args a;
+                    memset(&a, 0, sizeof a);
+                    a.W = dw + wn * (j % copies);
+                    a.rows = s.rows;
+                    a.K = s.K;
+                    a.nb = 1;
+                    a.prologue = BMC_PRO_LOAD;
+                    a.x = dx;
+                    a.ldx = s.K;
+                    a.epilogue = s.epilogue;
+                    a.y = dy;
+                    a.ldy = out_rows;
+                    bmc_gemv(&a, BMC_BF16, 0, sms, 0, 1);
+                }
+            }) / 20;
+            printf(" | chain %6.1f/%4.0f", us, wn * 2 / (us * 1e3));
         }
         printf("\n");
         cudaFree(dy);
