@@ -35,6 +35,9 @@ int main(void) {
                             {"x_proj 124x2944", 124, 2944, BMC_EPI_STORE},
                             {"out_proj 1472x2944", 1472, 2944, BMC_EPI_STORE},
                             {"fc1 gated 7744x1472", 7744, 1472, BMC_EPI_GATED},
+                            /* the same bytes with each warp's two rows adjacent: what the gated
+                             * pairs (rows f and F+f, 11 MB apart) cost in DRAM locality */
+                            {"fc1 as plain 7744x1472", 7744, 1472, BMC_EPI_STORE},
                             {"fc2 1472x3872", 1472, 3872, BMC_EPI_STORE},
                             {"lm_head 50304x1472", 50304, 1472, BMC_EPI_STORE}};
     printf("%-22s %8s %8s %8s %8s   (us at batch 1; GB/s of weights)\n", "shape", "ks=1", "ks=2", "ks=4", "ks=8");
