@@ -2,6 +2,12 @@
  * row; the row stays in registers between the sum of squares and the
  * scaling.
  *
+ * In the decode row path the added block output may still be unfinished
+ * (bmc_norm_args' h_form): out_proj's two partial products, or fc2's split-K
+ * slices at the rows' sorted positions. The block finishes its row as it
+ * reads it, which saves a launch and a write and reread of every row; the
+ * result is the f32 row the separate launch would have stored.
+ *
  * With routing (the decode row path's MoE norm) the block also takes its
  * row's router logits from those registers, and the last block to finish
  * groups the rows by expert. A separate routing launch would reload the
@@ -10,10 +16,14 @@
  * logits are spread over one block per row and only the grouping is serial. */
 #include "device_util.cuh"
 #include "kernels.cuh"
+#include "row_outputs.cuh"
 
 #define NORM_THREADS 256
 #define NORM_WARPS (NORM_THREADS / 32)
 #define NORM_MAX_PER_THREAD 32 /* d up to 8192 */
+/* Columns per thread whose loads are in flight together when h comes in an
+ * unfinished form (d up to 2048 in one go) */
+#define NORM_LOAD_CHUNK 8
 #define NORM_MAX_EXPERTS 64
 /* Logits accumulated in registers together: bounds the registers the routing
  * adds; more experts take more passes over the row, not more barriers. */
@@ -34,7 +44,10 @@ __device__ void group_rows(const bmc_norm_args &a, int rows) {
     const int E = a.n_experts, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const unsigned lower = (1u << lane) - 1u;
     const int n = a.n_dev ? min(max(*a.n_dev, 0), rows) : rows;
-    for (int i = n + threadIdx.x; i < rows; i += NORM_THREADS) a.order[i] = i;
+    for (int i = n + threadIdx.x; i < rows; i += NORM_THREADS) {
+        a.order[i] = i;
+        a.pos_of[i] = i;
+    }
     for (int e = threadIdx.x; e < E; e += NORM_THREADS) next[e] = 0;
     /* other blocks wrote expert_of: read it from L2, all of it at once */
     for (int t = threadIdx.x; t < min(n, NORM_GROUP_CACHE); t += NORM_THREADS) cache[t] = __ldcg(a.expert_of + t);
@@ -78,6 +91,7 @@ __device__ void group_rows(const bmc_norm_args &a, int rows) {
             int at = next[e] + __popc(same & lower);
             for (int w = 0; w < warp; w++) at += wcount[w][e];
             a.order[at] = t;
+            a.pos_of[t] = at;
         }
         __syncthreads(); /* next and wcount read: advance the starts */
         for (int x = threadIdx.x; x < E; x += NORM_THREADS) {
@@ -89,25 +103,69 @@ __device__ void group_rows(const bmc_norm_args &a, int rows) {
     }
 }
 
-/* ROUTE: the routing is compiled only into its own instantiation, so the
- * plain norm (prefill) keeps its code and register budget. */
-template <typename A, bool ROUTE>
+/* ROUTE and H (h's form) are compiled only into their own instantiations,
+ * so the plain norm (prefill) keeps its code and register budget. */
+template <typename A, bool ROUTE, int H>
 __global__ void __launch_bounds__(NORM_THREADS) add_rmsnorm_kernel(bmc_norm_args a) {
     __shared__ float scratch[33];
     const int r = blockIdx.x, d = a.d;
     float *res = a.res + (size_t)r * d;
     const float *h = a.h + (size_t)r * d;
+    const bool live = !a.n_dev || r < *a.n_dev;
     float v[NORM_MAX_PER_THREAD];
     float ss = 0.0f;
+    if constexpr (H == BMC_H_ROWS) {
 #pragma unroll
-    for (int i = 0; i < NORM_MAX_PER_THREAD; i++) {
-        int k = threadIdx.x + i * NORM_THREADS;
-        v[i] = 0.0f;
-        if (k < d) {
-            float x = a.add ? res[k] + h[k] : res[k];
-            if (a.add) res[k] = x;
-            v[i] = x;
-            ss += x * x;
+        for (int i = 0; i < NORM_MAX_PER_THREAD; i++) {
+            int k = threadIdx.x + i * NORM_THREADS;
+            v[i] = 0.0f;
+            if (k < d) {
+                float x = a.add ? res[k] + h[k] : res[k];
+                if (a.add) res[k] = x;
+                v[i] = x;
+                ss += x * x;
+            }
+        }
+    } else {
+        /* Per chunk of columns every load (h's pieces and res) is issued
+         * before any value is used, and res is stored after the last chunk:
+         * the compiler must assume a store to res may change what h's
+         * pointers read, so stores in between would serialise the loads
+         * column by column. The chunk bounds the registers of the loads in
+         * flight; the row path's widths need one. Each column's operations,
+         * in their order, are those of the launch the form replaces
+         * (row_outputs.cuh), then res + h as above. */
+        bmc_expert_row expert{};
+        if constexpr (H == BMC_H_PARTS) /* a padding row's expert, gate and position are undefined */
+            if (live)
+                expert = bmc_expert_row_at(a.parts, a.parts_pos[r], r, a.parts_gate, a.parts_bias, a.parts_expert, d);
+#pragma unroll
+        for (int i = 0; i < NORM_MAX_PER_THREAD; i++) v[i] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < NORM_MAX_PER_THREAD; c += NORM_LOAD_CHUNK) {
+            const int k0 = threadIdx.x + c * NORM_THREADS;
+            if (k0 >= d) break;
+            float res_in[NORM_LOAD_CHUNK], hv[NORM_LOAD_CHUNK];
+#pragma unroll
+            for (int j = 0; j < NORM_LOAD_CHUNK; j++) {
+                const int k = k0 + j * NORM_THREADS;
+                res_in[j] = k < d ? res[k] : 0.0f;
+                if (H == BMC_H_PARTS && !live) hv[j] = k < d ? h[k] : 0.0f; /* the scatter leaves padding rows be */
+            }
+            if constexpr (H == BMC_H_HALVES)
+                bmc_folded(h, (size_t)a.h_lo_rows * d, a.h_bias, k0, NORM_THREADS, d, hv);
+            else if (live)
+                bmc_scattered(expert, a.n_parts, a.part_stride, a.parts_add, h, k0, NORM_THREADS, d, hv);
+#pragma unroll
+            for (int j = 0; j < NORM_LOAD_CHUNK; j++) v[c + j] = res_in[j] + hv[j];
+        }
+#pragma unroll
+        for (int i = 0; i < NORM_MAX_PER_THREAD; i++) {
+            const int k = threadIdx.x + i * NORM_THREADS;
+            if (k < d) {
+                res[k] = v[i];
+                ss += v[i] * v[i];
+            }
         }
     }
     ss = bmc_block_sum(ss, scratch);
@@ -144,8 +202,7 @@ __global__ void __launch_bounds__(NORM_THREADS) add_rmsnorm_kernel(bmc_norm_args
         __shared__ float part[NORM_WARPS][NORM_MAX_EXPERTS], logit[NORM_MAX_EXPERTS];
         __shared__ bool last;
         const int E = a.n_experts, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-        const bool live = !a.n_dev || r < *a.n_dev; /* padding rows are not routed */
-        if (live) {
+        if (live) { /* padding rows are not routed */
             for (int e0 = 0; e0 < E; e0 += NORM_EXPERT_CHUNK) {
                 float acc[NORM_EXPERT_CHUNK];
 #pragma unroll
@@ -200,19 +257,32 @@ __global__ void __launch_bounds__(NORM_THREADS) add_rmsnorm_kernel(bmc_norm_args
     }
 }
 
+template <typename A, bool ROUTE> static void launch_form(const bmc_norm_args *a, cudaStream_t stream) {
+    if (a->h_form == BMC_H_HALVES)
+        add_rmsnorm_kernel<A, ROUTE, BMC_H_HALVES><<<a->rows, NORM_THREADS, 0, stream>>>(*a);
+    else if (a->h_form == BMC_H_PARTS)
+        add_rmsnorm_kernel<A, ROUTE, BMC_H_PARTS><<<a->rows, NORM_THREADS, 0, stream>>>(*a);
+    else
+        add_rmsnorm_kernel<A, ROUTE, BMC_H_ROWS><<<a->rows, NORM_THREADS, 0, stream>>>(*a);
+}
+
 template <typename A> static void launch(const bmc_norm_args *a, cudaStream_t stream) {
     if (a->route_w)
-        add_rmsnorm_kernel<A, true><<<a->rows, NORM_THREADS, 0, stream>>>(*a);
+        launch_form<A, true>(a, stream);
     else
-        add_rmsnorm_kernel<A, false><<<a->rows, NORM_THREADS, 0, stream>>>(*a);
+        launch_form<A, false>(a, stream);
 }
 
 cudaError_t bmc_add_rmsnorm(const bmc_norm_args *a, cudaStream_t stream) {
     if (a->rows <= 0) return cudaSuccess;
     if (a->d > NORM_THREADS * NORM_MAX_PER_THREAD) return cudaErrorInvalidValue;
     if (a->route_w && (!a->w_b || a->n_experts < 2 || a->n_experts > NORM_MAX_EXPERTS || !a->expert_of || !a->gate ||
-                       !a->order || !a->expert_start || !a->counter))
+                       !a->order || !a->pos_of || !a->expert_start || !a->counter))
         return cudaErrorInvalidValue;
+    if (a->h_form != BMC_H_ROWS && !a->add) return cudaErrorInvalidValue;
+    if (a->h_form == BMC_H_HALVES && a->h_lo_rows <= 0) return cudaErrorInvalidValue;
+    if (a->h_form == BMC_H_PARTS && (!a->parts || a->n_parts < 1 || !a->parts_pos)) return cudaErrorInvalidValue;
+    if (a->h_form != BMC_H_ROWS && a->h_form != BMC_H_HALVES && a->h_form != BMC_H_PARTS) return cudaErrorInvalidValue;
     if (a->act_type == BMC_F16)
         launch<__half>(a, stream);
     else

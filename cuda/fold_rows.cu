@@ -3,12 +3,20 @@
  * weights are read once and the products keep f32-grade inputs. This adds
  * the lo rows' partial products onto the hi rows, with the bias if any. */
 #include "kernels.cuh"
+#include "row_outputs.cuh"
+
+/* Columns a thread folds at once: their loads overlap. */
+#define FOLD_COLS 4
 
 __global__ void fold_rows_kernel(float *y, int rows, int n, int ldy, int lo_rows, const float *bias) {
-    const int r = blockIdx.y;
-    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < n; j += gridDim.x * blockDim.x) {
-        float *p = y + (size_t)r * ldy + j;
-        *p = *p + p[(size_t)lo_rows * ldy] + (bias ? bias[j] : 0.0f);
+    float *row = y + (size_t)blockIdx.y * ldy;
+    const int step = gridDim.x * blockDim.x;
+    for (int k0 = blockIdx.x * blockDim.x + threadIdx.x; k0 < n; k0 += FOLD_COLS * step) {
+        float out[FOLD_COLS];
+        bmc_folded(row, (size_t)lo_rows * ldy, bias, k0, step, n, out);
+#pragma unroll
+        for (int j = 0; j < FOLD_COLS; j++)
+            if (k0 + j * step < n) row[k0 + j * step] = out[j];
     }
 }
 

@@ -126,7 +126,7 @@ static bm_status reserve_rows(cuda_session *cs, const bm_model *m, int rows) {
         2 * B * 2 * di * 4, 2 * B * xd * 4, B * di * 4, B * 4, part_rows * d * 4, B * V * 4, /* xz, xdbl, delta, gate, eout (fc2 parts), logits */
         2 * B * d * 2, 2 * B * d * 2, 2 * B * di * 2, 2 * B * di * 2, /* normed16, moe16, u16, y16 */
         16, 2 * B * F * 2, B * d * 2,                           /* (act16), m16, final16 */
-        B * 4, B * 4, starts * 4, 16                            /* expert_of, order, expert_start, route_counter */
+        B * 4, B * 4, B * 4, starts * 4, 16                     /* expert_of, order, pos_of, expert_start, route_counter */
     };
     const int n = (int)(sizeof sizes / sizeof sizes[0]);
     size_t total = 0;
@@ -174,6 +174,7 @@ static bm_status reserve_rows(cuda_session *cs, const bm_model *m, int rows) {
     rs->final16 = ptr[i++];
     rs->expert_of = (int *)ptr[i++];
     rs->order = (int *)ptr[i++];
+    rs->pos_of = (int *)ptr[i++];
     rs->expert_start = (int *)ptr[i++];
     rs->route_counter = (unsigned *)ptr[i++]; /* zeroed with the rest; each routing norm leaves it zero */
     rs->mem = mem;
@@ -221,9 +222,19 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
         if (!capturing) mark(rs, st, kind);                                                                        \
     } while (0)
     MARK(0);
+    /* How the last block left its output in rs->h (bmc_norm_args' h_form):
+     * a serial layer's out_proj or fc2 slices are finished by the next norm
+     * as it reads them, which saves the fold or scatter launch. The last
+     * layer's are finished by their launch (the final LayerNorm reads plain
+     * rows), and so is a parallel layer's out_proj: fc2 adds onto it.
+     * The PARTS form reads rs->eout, pos_of, gate and expert_of of this
+     * layer, which nothing rewrites before the next norm reads them (the
+     * next routing regroups only after every row of it has been read). */
+    int h_form = BMC_H_ROWS, h_parts = 0, h_parts_add = 0;
+    const float *h_bias = NULL, *h_parts_bias = NULL;
     for (int i = 0; i < c->n_layers; i++) {
         const dev_layer *L = &cm->layers[i];
-        const int parallel = L->has_mamba && L->n_experts > 0;
+        const int parallel = L->has_mamba && L->n_experts > 0, norm_follows = i + 1 < c->n_layers;
         bmc_norm_args na;
         memset(&na, 0, sizeof na);
         na.res = rs->res;
@@ -234,6 +245,21 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
         na.eps = BMC_NORM_EPS;
         na.act_type = wt;
         na.lo_rows = B;
+        na.n_dev = rs->n_dev;
+        na.h_form = h_form;
+        if (h_form == BMC_H_HALVES) {
+            na.h_lo_rows = B;
+            na.h_bias = h_bias;
+        } else if (h_form == BMC_H_PARTS) {
+            na.parts = rs->eout;
+            na.n_parts = h_parts;
+            na.part_stride = (long long)B * d;
+            na.parts_pos = rs->pos_of;
+            na.parts_gate = rs->gate;
+            na.parts_expert = rs->expert_of;
+            na.parts_bias = h_parts_bias;
+            na.parts_add = h_parts_add;
+        }
         if (L->has_mamba) {
             na.w_a = L->norm;
             na.out_a_16 = rs->normed16;
@@ -249,15 +275,15 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
             na.route_w = L->router_w;
             na.route_b = L->router_b;
             na.n_experts = L->n_experts;
-            na.n_dev = rs->n_dev;
             na.expert_of = rs->expert_of;
             na.gate = rs->gate;
             na.order = rs->order;
+            na.pos_of = rs->pos_of;
             na.expert_start = starts;
             na.counter = rs->route_counter;
         }
         RTRY(bmc_add_rmsnorm(&na, st), "residual add, norm and routing");
-        MARK(1);
+        MARK(1); /* with the fold or scatter of the last block when the norm finished it */
         if (L->has_mamba) {
             const dev_mamba *w = &L->mamba;
             STRY(bmc_session_gemm(cs, st, B2, 2 * di, d, rs->normed16, d, wt, w->in_proj, d, rs->xz, 2 * di,
@@ -308,7 +334,9 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
             RTRY(bmc_scan_step(&sa, wt, st, 0), "scan step");
             MARK(6);
             STRY(bmc_session_gemm(cs, st, B2, d, di, rs->y16, di, wt, w->out_proj, di, rs->h, d, BMC_GEMM_OUT_F32));
-            RTRY(bmc_fold_rows(rs->h, B, d, d, B, w->out_proj_bias, st), "out_proj halves");
+            h_form = !parallel && norm_follows ? BMC_H_HALVES : BMC_H_ROWS;
+            h_bias = w->out_proj_bias;
+            if (h_form == BMC_H_ROWS) RTRY(bmc_fold_rows(rs->h, B, d, d, B, w->out_proj_bias, st), "out_proj halves");
             MARK(7);
         }
         if (L->n_experts > 0) {
@@ -361,7 +389,11 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
             ma.gates = E >= 2 ? rs->gate : NULL;
             ma.add = parallel;
             RTRY(bmc_moe_gemm(&ma, wt, st), "expert fc2");
-            if (split > 1)
+            h_form = split > 1 && norm_follows ? BMC_H_PARTS : BMC_H_ROWS;
+            h_parts = split;
+            h_parts_bias = L->fc2_bias;
+            h_parts_add = parallel;
+            if (split > 1 && h_form == BMC_H_ROWS)
                 RTRY(bmc_scatter_parts(rs->eout, split, (long long)B * d, rs->n_dev, rs->order, rs->gate, L->fc2_bias,
                                        rs->expert_of, B, d, parallel, rs->h, st),
                      "expert outputs to their rows");

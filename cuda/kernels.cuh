@@ -36,6 +36,18 @@ cudaError_t bmc_embed(const int32_t *tokens, int rows, const void *E, int wtype,
  * w_a, w_b; NULL skips) written as f32 and/or 16-bit (any output NULL is
  * skipped). Prefill and the decode row path; the GEMV decode path fuses this
  * into the projection kernels. */
+/* The forms in which h may hold the last block's output (h_form): the
+ * decode row path leaves two GEMM outputs unfinished and the norm finishes
+ * them as it reads them, with row_outputs.cuh's operations in their order,
+ * so res gets the same f32 sums as after the launch each form replaces. */
+#define BMC_H_ROWS 0   /* h[r] */
+#define BMC_H_HALVES 1 /* h[r] + h[r + h_lo_rows] + h_bias (NULL: 0), as bmc_fold_rows stores it: out_proj */
+/* The MoE layer's fc2 slices, as bmc_scatter_parts leaves h: a live row r
+ * (below *n_dev) at sorted position p = parts_pos[r] takes parts_gate[r] *
+ * (sum over the slices s, in order, of parts[s * part_stride + p * d] +
+ * parts_bias[parts_expert[r]]), plus h[r] when parts_add (a parallel layer:
+ * the Mamba branch is in h); a padding row takes h[r]. */
+#define BMC_H_PARTS 2
 typedef struct bmc_norm_args {
     float *res;
     const float *h;
@@ -52,23 +64,38 @@ typedef struct bmc_norm_args {
      * lo_rows rows further on (f32-grade inputs for the decode row path's
      * GEMMs, which multiply both halves) */
     int lo_rows;
+    const int *n_dev; /* the live rows (NULL: all): routing and BMC_H_PARTS leave the others out */
+    /* h's form (BMC_H_ROWS unless the decode row path says otherwise; any
+     * other form needs add) and what it reads */
+    int h_form;
+    int h_lo_rows;       /* HALVES */
+    const float *h_bias; /* HALVES: [d] or NULL */
+    const float *parts;  /* PARTS: [n_parts] slices part_stride floats apart, rows of d at the sorted positions */
+    int n_parts;
+    long long part_stride;
+    const int *parts_pos, *parts_expert; /* PARTS: [rows]; parts_expert NULL: expert 0 */
+    const float *parts_gate;             /* PARTS: [rows] or NULL (1) */
+    const float *parts_bias;             /* PARTS: [E, d] or NULL */
+    int parts_add;
     /* Optional (route_w NULL: none): the top-1 routing of the b-norm's rows,
      * as bmc_route_rows does it, in the same launch (the decode row path's
      * MoE layers: no second launch, no router reloads, no serial tail).
      * Each row's E logits come from its f32 b-norm (what out_b_f32 gets);
      * expert_of and gate (sigmoid of the best logit, lowest index on ties)
-     * are written for the rows below *n_dev only (NULL: every row is live),
-     * and the last block to finish groups the live rows by expert (stable):
-     * order[i] = the row at sorted position i, order[i] = i for the padding
-     * positions, expert_start[E+1] with expert_start[E] = the live rows.
+     * are written for the live rows only, and the last block to finish
+     * groups the live rows by expert (stable): order[i] = the row at sorted
+     * position i, order[i] = i for the padding positions, pos_of its
+     * inverse (pos_of[order[i]] = i), expert_start[E+1] with expert_start[E]
+     * = the live rows. The PARTS inputs may be these same arrays (the
+     * previous MoE layer's routing): a block reads its own row's before it
+     * counts as done, and the grouping starts after every block has.
      * counter: one unsigned on the device, zero before the launch; the last
      * block leaves it zero again (graph replays). */
     const float *route_w, *route_b; /* f32 [E, d], [E] */
     int n_experts;                  /* 2..64 */
-    const int *n_dev;
     int *expert_of;
     float *gate;
-    int *order, *expert_start;
+    int *order, *pos_of, *expert_start;
     unsigned *counter;
 } bmc_norm_args;
 cudaError_t bmc_add_rmsnorm(const bmc_norm_args *a, cudaStream_t stream);

@@ -1,7 +1,12 @@
 /* Prefill MoE: the expert outputs, in expert order, back to their tokens,
  * scaled by each token's routing gate (and added to the Mamba branch's
- * output in a parallel layer). */
+ * output in a parallel layer). The decode row path's fc2 slices take the
+ * same way (row_outputs.cuh) where no norm follows to finish them. */
 #include "kernels.cuh"
+#include "row_outputs.cuh"
+
+/* Columns a thread sums at once: their slices' loads overlap. */
+#define SCATTER_COLS 4
 
 __global__ void scatter_rows_kernel(const float *y, int parts, long long part_stride, const int *n_dev,
                                     const int *order, const float *gate, const float *bias, const int *expert_of, int d,
@@ -9,15 +14,14 @@ __global__ void scatter_rows_kernel(const float *y, int parts, long long part_st
     const int i = blockIdx.x;
     if (n_dev && i >= *n_dev) return;
     const int t = order ? order[i] : i;
-    const float g = gate ? gate[t] : 1.0f;
-    const float *b = bias ? bias + (size_t)(expert_of ? expert_of[t] : 0) * d : nullptr;
-    const float *src = y + (size_t)i * d;
+    const bmc_expert_row x = bmc_expert_row_at(y, i, t, gate, bias, expert_of, d);
     float *dst = h + (size_t)t * d;
-    for (int k = threadIdx.x; k < d; k += blockDim.x) {
-        float sum = src[k];
-        for (int p = 1; p < parts; p++) sum += src[(size_t)p * part_stride + k]; /* split-K partials, in order */
-        float v = g * (sum + (b ? b[k] : 0.0f));
-        dst[k] = add ? dst[k] + v : v;
+    for (int k0 = threadIdx.x; k0 < d; k0 += SCATTER_COLS * blockDim.x) {
+        float out[SCATTER_COLS];
+        bmc_scattered(x, parts, part_stride, add, dst, k0, blockDim.x, d, out);
+#pragma unroll
+        for (int j = 0; j < SCATTER_COLS; j++)
+            if (k0 + j * blockDim.x < d) dst[k0 + j * blockDim.x] = out[j];
     }
 }
 

@@ -138,4 +138,29 @@ template <typename F> static double dev_time_us(int reps, F run) {
     return 1000.0 * t[reps / 2];
 }
 
+/* Median time in microseconds of one of `launches` back-to-back runs of
+ * `run(j)` (j < launches), over `reps` event pairs each around all of them,
+ * after one such loop as a warm-up: a kernel of a few microseconds would
+ * otherwise be timed with its launch latency. */
+template <typename F> static double dev_time_loop_us(int reps, int launches, F run) {
+    cudaEvent_t a, b;
+    DEV_CUDA(cudaEventCreate(&a));
+    DEV_CUDA(cudaEventCreate(&b));
+    for (int j = 0; j < launches; j++) run(j);
+    float t[512];
+    if (reps > 512) reps = 512;
+    for (int i = 0; i < reps; i++) {
+        DEV_CUDA(cudaEventRecord(a));
+        for (int j = 0; j < launches; j++) run(j);
+        DEV_CUDA(cudaEventRecord(b));
+        DEV_CUDA(cudaEventSynchronize(b));
+        DEV_CUDA(cudaEventElapsedTime(&t[i], a, b));
+    }
+    DEV_CUDA(cudaGetLastError());
+    qsort(t, (size_t)reps, sizeof t[0], dev_cmp_float);
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    return 1000.0 * t[reps / 2] / launches;
+}
+
 #endif

@@ -1,14 +1,32 @@
-/* Harness: the decode row path's MoE norm with routing (cuda/add_rmsnorm.cu,
- * bmc_add_rmsnorm with route_w set) against a double CPU version: the
- * residual sum, the normalised rows (f32 and the 16-bit hi/lo halves, both
- * norms where a parallel layer has two), the expert of every live row (lowest
- * index on ties) and its gate, and the grouping (position by position against
- * a CPU stable counting sort of the kernel's own choices); padding rows
- * (rows >= *n_dev) neither routed nor moved; the blocks-done counter back at
- * zero after every launch (one counter for all cases, each case run twice).
- * Then the fused kernel timed against the pair it replaced (the norm, then
- * bmc_route_rows) at the 2.8B width for 64, 256 and 1024 rows. */
+/* Harness: the decode row path's norms (cuda/add_rmsnorm.cu).
+ *
+ * 1. The MoE norm with routing (bmc_add_rmsnorm with route_w set) against a
+ * double CPU version: the residual sum, the normalised rows (f32 and the
+ * 16-bit hi/lo halves, both norms where a parallel layer has two), the
+ * expert of every live row (lowest index on ties) and its gate, and the
+ * grouping (position by position against a CPU stable counting sort of the
+ * kernel's own choices, and pos_of its inverse); padding rows (rows >=
+ * *n_dev) neither routed nor moved; the blocks-done counter back at zero
+ * after every launch (one counter for all cases, each case run twice).
+ *
+ * 2. The unfinished forms of h the norm finishes (h_form): out_proj's two
+ * partial products plus bias (HALVES) and fc2's split-K slices with gate,
+ * expert bias and sorted positions (PARTS, also added onto h as a parallel
+ * layer does), for the Mamba norm (16-bit halves out) and the MoE norm with
+ * routing (the PARTS inputs aliasing its routing outputs, as in the row
+ * path), at 1, 3, 64, 256 and 1000 rows, E 8, with and without padding
+ * rows: bit for bit against the launch pair each form replaces
+ * (bmc_fold_rows or bmc_scatter_parts, then the norm of plain rows) on the
+ * residual, the 16-bit rows and all routing outputs; against a double CPU
+ * version (residual and normalised rows); h left unchanged.
+ *
+ * Then each fused kernel timed against the pair it replaced at the 2.8B
+ * width for 64, 256 and 1024 rows: the routing against the norm +
+ * bmc_route_rows, and the forms against fold or scatter + norm (a loop of
+ * launches per event pair: the kernels take a few microseconds). */
 #include <cuda_fp16.h>
+
+#include <initializer_list>
 
 #include "dev.cuh"
 
@@ -53,6 +71,28 @@ static int halves_wrong(const uint16_t *h16, const float *y, int rows, int act) 
     return wrong;
 }
 
+/* The grouping of rows whose experts the kernel chose (live rows < n): a
+ * stable counting sort, padding positions in place, pos_of the inverse of
+ * order over all rows. */
+static void check_grouping(const char *what, int rows, int n, int E, const int *expert, const int *order,
+                           const int *pos_of, const int *start) {
+    int want_start[65] = {0};
+    for (int t = 0; t < n; t++) want_start[expert[t] + 1]++;
+    for (int e = 0; e < E; e++) want_start[e + 1] += want_start[e];
+    int next[65], bad_start = 0, bad_order = 0, bad_pos = 0;
+    for (int e = 0; e <= E; e++) bad_start += start[e] != want_start[e];
+    memcpy(next, want_start, sizeof next);
+    int *want = (int *)malloc(rows * 4);
+    for (int t = 0; t < n; t++) want[next[expert[t]]++] = t;
+    for (int i = n; i < rows; i++) want[i] = i;
+    for (int i = 0; i < rows; i++) bad_order += order[i] != want[i];
+    for (int i = 0; i < rows; i++) bad_pos += order[i] < 0 || order[i] >= rows || pos_of[order[i]] != i;
+    DEV_CHECK(bad_start == 0 && start[E] == n, "%s: %d expert starts wrong (last %d)", what, bad_start, start[E]);
+    DEV_CHECK(bad_order == 0, "%s: %d sorted positions wrong", what, bad_order);
+    DEV_CHECK(bad_pos == 0, "%s: pos_of is not order's inverse at %d positions", what, bad_pos);
+    free(want);
+}
+
 static void run_case(const route_case &c, int rep) {
     const int rows = c.rows, E = c.E, act = c.act;
     const int n = c.n_live < 0 ? rows : c.n_live;
@@ -78,7 +118,7 @@ static void run_case(const route_case &c, int rep) {
     float *d_ya = dev_alloc_poisoned<float>(rd), *d_yb = dev_alloc_poisoned<float>(rd);
     uint16_t *d_a16 = dev_alloc_poisoned<uint16_t>(2 * rd), *d_b16 = dev_alloc_poisoned<uint16_t>(2 * rd);
     int *d_expert = dev_alloc_poisoned<int>(rows), *d_order = dev_alloc_poisoned<int>(rows);
-    int *d_start = dev_alloc_poisoned<int>(E + 1);
+    int *d_pos = dev_alloc_poisoned<int>(rows), *d_start = dev_alloc_poisoned<int>(E + 1);
     float *d_gate = dev_alloc_poisoned<float>(rows);
     int *d_n = dev_upload(&n, 1);
 
@@ -107,6 +147,7 @@ static void run_case(const route_case &c, int rep) {
     na.expert_of = d_expert;
     na.gate = d_gate;
     na.order = d_order;
+    na.pos_of = d_pos;
     na.expert_start = d_start;
     na.counter = d_counter;
     DEV_CUDA(bmc_add_rmsnorm(&na, 0));
@@ -119,6 +160,7 @@ static void run_case(const route_case &c, int rep) {
     float *res_out = (float *)malloc(rd * 4), *ya = (float *)malloc(rd * 4), *yb = (float *)malloc(rd * 4);
     uint16_t *a16 = (uint16_t *)malloc(2 * rd * 2), *b16 = (uint16_t *)malloc(2 * rd * 2);
     int *expert = (int *)malloc(rows * 4), *order = (int *)malloc(rows * 4), *start = (int *)malloc((E + 1) * 4);
+    int *pos = (int *)malloc(rows * 4);
     float *gate = (float *)malloc(rows * 4);
     dev_download(res_out, d_res, rd);
     dev_download(yb, d_yb, rd);
@@ -129,6 +171,7 @@ static void run_case(const route_case &c, int rep) {
     }
     dev_download(expert, d_expert, rows);
     dev_download(order, d_order, rows);
+    dev_download(pos, d_pos, rows);
     dev_download(start, d_start, E + 1);
     dev_download(gate, d_gate, rows);
 
@@ -192,28 +235,13 @@ static void run_case(const route_case &c, int rep) {
     }
     DEV_CHECK(touched == 0, "%s: %d padding rows routed", what, touched);
 
-    /* the grouping: a stable counting sort of the kernel's choices */
-    if (out_of_range == 0) {
-        int want_start[65] = {0};
-        for (int t = 0; t < n; t++) want_start[expert[t] + 1]++;
-        for (int e = 0; e < E; e++) want_start[e + 1] += want_start[e];
-        int next[64], bad_start = 0, bad_order = 0;
-        for (int e = 0; e <= E; e++) bad_start += start[e] != want_start[e];
-        memcpy(next, want_start, sizeof next);
-        int *want = (int *)malloc(rows * 4);
-        for (int t = 0; t < n; t++) want[next[expert[t]]++] = t;
-        for (int i = n; i < rows; i++) want[i] = i;
-        for (int i = 0; i < rows; i++) bad_order += order[i] != want[i];
-        DEV_CHECK(bad_start == 0 && start[E] == n, "%s: %d expert starts wrong (last %d)", what, bad_start, start[E]);
-        DEV_CHECK(bad_order == 0, "%s: %d sorted positions wrong", what, bad_order);
-        free(want);
-    }
+    if (out_of_range == 0) check_grouping(what, rows, n, E, expert, order, pos, start);
 
     cudaFree(d_res); cudaFree(d_h); cudaFree(d_wa); cudaFree(d_wb); cudaFree(d_rw); cudaFree(d_rb); cudaFree(d_ya);
-    cudaFree(d_yb); cudaFree(d_a16); cudaFree(d_b16); cudaFree(d_expert); cudaFree(d_order); cudaFree(d_start);
-    cudaFree(d_gate); cudaFree(d_n);
+    cudaFree(d_yb); cudaFree(d_a16); cudaFree(d_b16); cudaFree(d_expert); cudaFree(d_order); cudaFree(d_pos);
+    cudaFree(d_start); cudaFree(d_gate); cudaFree(d_n);
     free(res); free(h); free(wa); free(wb); free(rw); free(rb); free(res_out); free(ya); free(yb); free(a16);
-    free(b16); free(expert); free(order); free(start); free(gate); free(ref);
+    free(b16); free(expert); free(order); free(pos); free(start); free(gate); free(ref);
 }
 
 /* The row path's MoE layer (one norm, 16-bit halves) at B rows, E 8: the
@@ -232,7 +260,7 @@ static void time_rows(int B) {
     float *d_y = dev_alloc_poisoned<float>(rd), *d_gate = dev_alloc_poisoned<float>(B);
     uint16_t *d_16 = dev_alloc_poisoned<uint16_t>(2 * rd);
     int *d_expert = dev_alloc_poisoned<int>(B), *d_order = dev_alloc_poisoned<int>(B);
-    int *d_start = dev_alloc_poisoned<int>(E + 1), *d_n = dev_upload(&B, 1);
+    int *d_pos = dev_alloc_poisoned<int>(B), *d_start = dev_alloc_poisoned<int>(E + 1), *d_n = dev_upload(&B, 1);
     bmc_norm_args na;
     memset(&na, 0, sizeof na);
     na.res = d_res;
@@ -245,11 +273,11 @@ static void time_rows(int B) {
     na.lo_rows = B;
     na.w_b = d_w;
     na.out_b_16 = d_16;
-    const double plain = dev_time_us(200, [&](int) { bmc_add_rmsnorm(&na, 0); });
+    const double plain = dev_time_us(200, [&](int) { DEV_CUDA(bmc_add_rmsnorm(&na, 0)); });
     na.out_b_f32 = d_y;
     const double pair = dev_time_us(200, [&](int) {
-        bmc_add_rmsnorm(&na, 0);
-        bmc_route_rows(d_y, B, d_n, d, d_rw, d_rb, E, d_expert, d_gate, d_order, d_start, 0);
+        DEV_CUDA(bmc_add_rmsnorm(&na, 0));
+        DEV_CUDA(bmc_route_rows(d_y, B, d_n, d, d_rw, d_rb, E, d_expert, d_gate, d_order, d_start, 0));
     });
     na.out_b_f32 = NULL; /* as the row path runs it: nothing reads the f32 rows any more */
     na.route_w = d_rw;
@@ -259,15 +287,339 @@ static void time_rows(int B) {
     na.expert_of = d_expert;
     na.gate = d_gate;
     na.order = d_order;
+    na.pos_of = d_pos;
     na.expert_start = d_start;
     na.counter = d_counter;
-    const double fused = dev_time_us(200, [&](int) { bmc_add_rmsnorm(&na, 0); });
+    const double fused = dev_time_us(200, [&](int) { DEV_CUDA(bmc_add_rmsnorm(&na, 0)); });
     DEV_CUDA(cudaDeviceSynchronize());
     printf("rows %4d, E 8, d %d: norm alone %.1f us, norm + bmc_route_rows %.1f us, fused %.1f us\n", B, d, plain,
            pair, fused);
     cudaFree(d_res); cudaFree(d_h); cudaFree(d_w); cudaFree(d_rw); cudaFree(d_rb); cudaFree(d_y); cudaFree(d_gate);
-    cudaFree(d_16); cudaFree(d_expert); cudaFree(d_order); cudaFree(d_start); cudaFree(d_n);
+    cudaFree(d_16); cudaFree(d_expert); cudaFree(d_order); cudaFree(d_pos); cudaFree(d_start); cudaFree(d_n);
     free(x); free(w); free(rw);
+}
+
+/* ---- the unfinished forms of h ------------------------------------------------ */
+
+struct form_case {
+    int rows, n_live, act;
+    int moe;  /* the MoE norm with routing (b-norm), else the Mamba norm (a-norm) */
+    int form; /* BMC_H_HALVES or BMC_H_PARTS */
+    int bias; /* out_proj's or the experts' bias given */
+    int add;  /* PARTS: added onto h (a parallel layer) */
+};
+
+static const int form_E = 8;
+
+/* A previous MoE layer's routing, as the PARTS form finds it: random experts
+ * and gates in [0, 1) for the live rows, grouped by expert (stable), order
+ * and pos_of padding positions in place; the padding rows' expert and gate
+ * poisoned (nothing may read them). */
+static void draw_routing(int rows, int n, int *expert, float *gate, int *order, int *pos_of) {
+    int count[form_E + 1] = {0};
+    for (int t = 0; t < rows; t++) {
+        expert[t] = -1;
+        memset(&gate[t], 0xff, 4);
+        if (t >= n) continue;
+        expert[t] = (int)((dev_uniform() + 1.0) * 0.5 * form_E) % form_E;
+        gate[t] = (float)(0.5 + 0.5 * dev_uniform());
+        count[expert[t] + 1]++;
+    }
+    for (int e = 0; e < form_E; e++) count[e + 1] += count[e];
+    for (int t = 0; t < n; t++) order[count[expert[t]]++] = t;
+    for (int i = n; i < rows; i++) order[i] = i;
+    for (int i = 0; i < rows; i++) pos_of[order[i]] = i;
+}
+
+/* What one path (the fused form, or the launch pair it replaces) reads and
+ * writes, from the same host bytes. */
+struct form_bufs {
+    float *res, *h, *gate;
+    uint16_t *out16;
+    int *expert, *order, *pos, *start;
+};
+
+static form_bufs upload_form_bufs(const float *res, const float *h, size_t h_floats, int rows, const int *expert,
+                                  const float *gate, const int *order, const int *pos) {
+    form_bufs b;
+    b.res = dev_upload(res, (size_t)rows * d);
+    b.h = dev_upload(h, h_floats);
+    b.out16 = dev_alloc_poisoned<uint16_t>(2 * (size_t)rows * d);
+    b.expert = dev_upload(expert, rows);
+    b.gate = dev_upload(gate, rows);
+    b.order = dev_upload(order, rows);
+    b.pos = dev_upload(pos, rows);
+    b.start = dev_alloc_poisoned<int>(form_E + 1);
+    return b;
+}
+
+static void free_form_bufs(form_bufs &b) {
+    cudaFree(b.res); cudaFree(b.h); cudaFree(b.gate); cudaFree(b.out16); cudaFree(b.expert); cudaFree(b.order);
+    cudaFree(b.pos); cudaFree(b.start);
+}
+
+/* The norm's arguments over one path's buffers, h as plain rows (the pair's
+ * second launch) until the caller sets a form. */
+static bmc_norm_args form_norm_args(const form_case &c, form_bufs &b, const float *w, const float *rw,
+                                    const float *rb, const int *n_dev) {
+    bmc_norm_args na;
+    memset(&na, 0, sizeof na);
+    na.res = b.res;
+    na.h = b.h;
+    na.add = 1;
+    na.rows = c.rows;
+    na.d = d;
+    na.eps = 1e-5f;
+    na.act_type = c.act;
+    na.lo_rows = c.rows;
+    na.n_dev = n_dev;
+    if (!c.moe) {
+        na.w_a = w;
+        na.out_a_16 = b.out16;
+        return na;
+    }
+    na.w_b = w;
+    na.out_b_16 = b.out16;
+    na.route_w = rw;
+    na.route_b = rb;
+    na.n_experts = form_E;
+    na.expert_of = b.expert;
+    na.gate = b.gate;
+    na.order = b.order;
+    na.pos_of = b.pos;
+    na.expert_start = b.start;
+    na.counter = d_counter;
+    return na;
+}
+
+/* The PARTS form's inputs in one path's buffers: with routing they are its
+ * outputs too, as in the row path (the previous MoE layer's routing). */
+static void set_parts(bmc_norm_args &na, form_bufs &b, const float *parts, int split, const float *bias, int add) {
+    na.h_form = BMC_H_PARTS;
+    na.parts = parts;
+    na.n_parts = split;
+    na.part_stride = (long long)na.rows * d;
+    na.parts_pos = b.pos;
+    na.parts_gate = b.gate;
+    na.parts_expert = b.expert;
+    na.parts_bias = bias;
+    na.parts_add = add;
+}
+
+static int counter_left(void) {
+    unsigned counter = 1;
+    dev_download(&counter, d_counter, 1);
+    return counter != 0;
+}
+
+template <typename T> static size_t bytes_differ(const T *a, const T *b, size_t n) {
+    size_t diff = 0;
+    for (size_t i = 0; i < n; i++) diff += memcmp(&a[i], &b[i], sizeof(T)) != 0;
+    return diff;
+}
+
+static void run_form_case(const form_case &c) {
+    const int rows = c.rows, n = c.n_live, E = form_E, split = bmc_moe_fc2_split(rows);
+    const int halves = c.form == BMC_H_HALVES;
+    char what[128];
+    snprintf(what, sizeof what, "%s norm, h %s%s%s, rows %d live %d, %s", c.moe ? "MoE" : "Mamba",
+             halves ? "HALVES" : "PARTS", c.bias ? " + bias" : "", c.add ? " added" : "", rows, n,
+             c.act == BMC_F16 ? "f16" : "bf16");
+    const size_t rd = (size_t)rows * d, h_floats = halves ? 2 * rd : rd, part_floats = (size_t)split * rd;
+    const size_t bias_floats = halves ? (size_t)d : (size_t)E * d;
+    float *res = (float *)malloc(rd * 4), *h = (float *)malloc(h_floats * 4), *w = (float *)malloc(d * 4);
+    float *rw = (float *)malloc((size_t)E * d * 4), *rb = (float *)malloc(E * 4);
+    float *bias = (float *)malloc(bias_floats * 4), *parts = (float *)malloc(halves ? 4 : part_floats * 4);
+    float *gate = (float *)malloc(rows * 4);
+    int *expert = (int *)malloc(rows * 4), *order = (int *)malloc(rows * 4), *pos = (int *)malloc(rows * 4);
+    dev_fill(res, rd, 1.0, 0.0);
+    dev_fill(h, h_floats, 0.5, 0.0);
+    dev_fill(w, d, 0.5, 1.0);
+    dev_fill(rw, (size_t)E * d, 0.05, 0.0);
+    dev_fill(rb, E, 0.1, 0.0);
+    dev_fill(bias, bias_floats, 0.2, 0.0);
+    if (halves) { /* no routing read: poison, the routing writes what it writes */
+        memset(expert, 0xff, rows * 4);
+        memset(gate, 0xff, rows * 4);
+        memset(order, 0xff, rows * 4);
+        memset(pos, 0xff, rows * 4);
+    } else {
+        draw_routing(rows, n, expert, gate, order, pos);
+        memset(parts, 0xff, part_floats * 4); /* fc2 writes only the live positions */
+        for (int p = 0; p < split; p++) dev_fill(parts + (size_t)p * rd, (size_t)n * d, 0.3, 0.0);
+    }
+    float *d_w = dev_upload(w, d), *d_rw = dev_upload(rw, (size_t)E * d), *d_rb = dev_upload(rb, E);
+    float *d_bias = c.bias ? dev_upload(bias, bias_floats) : NULL;
+    float *d_parts = halves ? NULL : dev_upload(parts, part_floats);
+    int *d_n = dev_upload(&n, 1);
+
+    /* the launch pair */
+    form_bufs pb = upload_form_bufs(res, h, h_floats, rows, expert, gate, order, pos);
+    if (halves)
+        DEV_CUDA(bmc_fold_rows(pb.h, rows, d, d, rows, d_bias, 0));
+    else
+        DEV_CUDA(bmc_scatter_parts(d_parts, split, (long long)rd, d_n, pb.order, pb.gate, d_bias, pb.expert, rows, d,
+                                   c.add, pb.h, 0));
+    bmc_norm_args na = form_norm_args(c, pb, d_w, d_rw, d_rb, d_n);
+    DEV_CUDA(bmc_add_rmsnorm(&na, 0));
+    DEV_CUDA(cudaDeviceSynchronize());
+    if (c.moe) DEV_CHECK(!counter_left(), "%s: the counter is not zero after the pair", what);
+
+    /* the fused form */
+    form_bufs fb = upload_form_bufs(res, h, h_floats, rows, expert, gate, order, pos);
+    na = form_norm_args(c, fb, d_w, d_rw, d_rb, d_n);
+    if (halves) {
+        na.h_form = BMC_H_HALVES;
+        na.h_lo_rows = rows;
+        na.h_bias = d_bias;
+    } else {
+        set_parts(na, fb, d_parts, split, d_bias, c.add);
+    }
+    DEV_CUDA(bmc_add_rmsnorm(&na, 0));
+    DEV_CUDA(cudaDeviceSynchronize());
+    if (c.moe) DEV_CHECK(!counter_left(), "%s: the counter is not zero after the fused launch", what);
+
+    float *res_p = (float *)malloc(rd * 4), *res_f = (float *)malloc(rd * 4), *h_f = (float *)malloc(h_floats * 4);
+    uint16_t *o_p = (uint16_t *)malloc(2 * rd * 2), *o_f = (uint16_t *)malloc(2 * rd * 2);
+    dev_download(res_p, pb.res, rd);
+    dev_download(res_f, fb.res, rd);
+    dev_download(h_f, fb.h, h_floats);
+    dev_download(o_p, pb.out16, 2 * rd);
+    dev_download(o_f, fb.out16, 2 * rd);
+    size_t diff = bytes_differ(res_p, res_f, rd);
+    DEV_CHECK(diff == 0, "%s: %zu residual sums differ from the pair's", what, diff);
+    diff = bytes_differ(o_p, o_f, 2 * rd);
+    DEV_CHECK(diff == 0, "%s: %zu 16-bit outputs differ from the pair's", what, diff);
+    diff = bytes_differ(h, h_f, h_floats);
+    DEV_CHECK(diff == 0, "%s: %zu values of h changed", what, diff);
+    if (c.moe) {
+        int *ip = (int *)malloc(rows * 4), *iq = (int *)malloc(rows * 4), sp[form_E + 1], sq[form_E + 1];
+        float *gp = (float *)malloc(rows * 4), *gq = (float *)malloc(rows * 4);
+        int *expert_f = (int *)malloc(rows * 4), *order_f = (int *)malloc(rows * 4), *pos_f = (int *)malloc(rows * 4);
+        dev_download(gp, pb.gate, rows);
+        dev_download(gq, fb.gate, rows);
+        diff = bytes_differ(gp, gq, rows);
+        dev_download(ip, pb.expert, rows);
+        dev_download(expert_f, fb.expert, rows);
+        diff += bytes_differ(ip, expert_f, rows);
+        dev_download(ip, pb.order, rows);
+        dev_download(order_f, fb.order, rows);
+        diff += bytes_differ(ip, order_f, rows);
+        dev_download(iq, pb.pos, rows);
+        dev_download(pos_f, fb.pos, rows);
+        diff += bytes_differ(iq, pos_f, rows);
+        dev_download(sp, pb.start, E + 1);
+        dev_download(sq, fb.start, E + 1);
+        diff += bytes_differ(sp, sq, E + 1);
+        DEV_CHECK(diff == 0, "%s: %zu routing outputs differ from the pair's", what, diff);
+        int out_of_range = 0;
+        for (int t = 0; t < n; t++) out_of_range += expert_f[t] < 0 || expert_f[t] >= E;
+        DEV_CHECK(out_of_range == 0, "%s: %d rows routed to no expert", what, out_of_range);
+        if (out_of_range == 0) check_grouping(what, rows, n, E, expert_f, order_f, pos_f, sq);
+        free(ip); free(iq); free(gp); free(gq); free(expert_f); free(order_f); free(pos_f);
+    }
+
+    /* the CPU version in double */
+    double *x = (double *)malloc(rd * 8), *y = (double *)malloc(rd * 8);
+    for (int t = 0; t < rows; t++) {
+        const int live = t < n;
+        for (int k = 0; k < d; k++) {
+            const size_t o = (size_t)t * d + k;
+            double hv;
+            if (halves) {
+                hv = (double)h[o] + h[rd + o] + (c.bias ? bias[k] : 0.0);
+            } else if (live) {
+                double sum = c.bias ? bias[(size_t)expert[t] * d + k] : 0.0;
+                for (int p = 0; p < split; p++) sum += parts[(size_t)p * rd + (size_t)pos[t] * d + k];
+                hv = gate[t] * sum + (c.add ? h[o] : 0.0);
+            } else {
+                hv = h[o];
+            }
+            x[o] = res[o] + hv;
+        }
+    }
+    const double e_res = dev_rel_error(res_f, x, rd);
+    DEV_CHECK(e_res < 1e-6, "%s: residual error %.3e", what, e_res);
+    for (int t = 0; t < rows; t++) {
+        double ss = 0;
+        for (int k = 0; k < d; k++) ss += x[(size_t)t * d + k] * x[(size_t)t * d + k];
+        const double scale = 1.0 / sqrt(ss / d + 1e-5);
+        for (int k = 0; k < d; k++) y[(size_t)t * d + k] = x[(size_t)t * d + k] * scale * w[k];
+    }
+    float *y_f = res_p; /* reused: hi + lo of the fused output */
+    for (size_t i = 0; i < rd; i++) y_f[i] = from16(o_f[i], c.act) + from16(o_f[rd + i], c.act);
+    const double e_y = dev_rel_error(y_f, y, rd);
+    DEV_CHECK(e_y < 1e-5, "%s: normalised rows (hi + lo) error %.3e", what, e_y);
+
+    free_form_bufs(pb);
+    free_form_bufs(fb);
+    cudaFree(d_w); cudaFree(d_rw); cudaFree(d_rb); cudaFree(d_bias); cudaFree(d_parts); cudaFree(d_n);
+    free(res); free(h); free(w); free(rw); free(rb); free(bias); free(parts); free(gate); free(expert); free(order);
+    free(pos); free(res_p); free(res_f); free(h_f); free(o_p); free(o_f); free(x); free(y);
+}
+
+/* The row path's two absorbed launches at B rows (all live, E 8, bf16): the
+ * Mamba norm after an MoE layer (bmc_scatter_parts + norm against PARTS) and
+ * the MoE norm after a Mamba layer (bmc_fold_rows + routing norm against
+ * HALVES), each as a loop of 20 launches per event pair. */
+static void time_forms(int B) {
+    const int E = form_E, split = bmc_moe_fc2_split(B), loop = 20, reps = 50;
+    const size_t rd = (size_t)B * d;
+    float *res = (float *)malloc(rd * 4), *h = (float *)malloc(2 * rd * 4), *w = (float *)malloc(d * 4);
+    float *rw = (float *)malloc((size_t)E * d * 4), *rb = (float *)malloc(E * 4);
+    float *bias = (float *)malloc((size_t)E * d * 4), *parts = (float *)malloc((size_t)split * rd * 4);
+    float *gate = (float *)malloc(B * 4);
+    int *expert = (int *)malloc(B * 4), *order = (int *)malloc(B * 4), *pos = (int *)malloc(B * 4);
+    dev_fill(res, rd, 1.0, 0.0);
+    dev_fill(h, 2 * rd, 0.5, 0.0);
+    dev_fill(w, d, 0.5, 1.0);
+    dev_fill(rw, (size_t)E * d, 0.05, 0.0);
+    dev_fill(rb, E, 0.1, 0.0);
+    dev_fill(bias, (size_t)E * d, 0.2, 0.0);
+    dev_fill(parts, (size_t)split * rd, 0.3, 0.0);
+    draw_routing(B, B, expert, gate, order, pos);
+    float *d_w = dev_upload(w, d), *d_rw = dev_upload(rw, (size_t)E * d), *d_rb = dev_upload(rb, E);
+    float *d_bias = dev_upload(bias, (size_t)E * d), *d_parts = dev_upload(parts, (size_t)split * rd);
+    int *d_n = dev_upload(&B, 1);
+    form_bufs b = upload_form_bufs(res, h, 2 * rd, B, expert, gate, order, pos);
+    form_case c = {B, B, BMC_BF16, 0, BMC_H_PARTS, 1, 0};
+
+    /* the Mamba norm: PARTS reads the routing in b, which nothing rewrites here */
+    bmc_norm_args plain = form_norm_args(c, b, d_w, d_rw, d_rb, d_n), fused = plain;
+    set_parts(fused, b, d_parts, split, d_bias, 0);
+    const double alone = dev_time_loop_us(reps, loop, [&](int) { DEV_CUDA(bmc_add_rmsnorm(&plain, 0)); });
+    const double scatter_pair = dev_time_loop_us(reps, loop, [&](int) {
+        DEV_CUDA(bmc_scatter_parts(d_parts, split, (long long)rd, d_n, b.order, b.gate, d_bias, b.expert, B, d, 0, b.h,
+                                   0));
+        DEV_CUDA(bmc_add_rmsnorm(&plain, 0));
+    });
+    const double parts_fused = dev_time_loop_us(reps, loop, [&](int) { DEV_CUDA(bmc_add_rmsnorm(&fused, 0)); });
+
+    /* the MoE norm: its routing rewrites b's routing, which the Mamba norm above no longer reads */
+    c.moe = 1;
+    c.form = BMC_H_HALVES;
+    plain = form_norm_args(c, b, d_w, d_rw, d_rb, d_n);
+    fused = plain;
+    fused.h_form = BMC_H_HALVES;
+    fused.h_lo_rows = B;
+    fused.h_bias = d_bias; /* any d floats */
+    const double route_alone = dev_time_loop_us(reps, loop, [&](int) { DEV_CUDA(bmc_add_rmsnorm(&plain, 0)); });
+    const double fold_pair = dev_time_loop_us(reps, loop, [&](int) {
+        DEV_CUDA(bmc_fold_rows(b.h, B, d, d, B, d_bias, 0));
+        DEV_CUDA(bmc_add_rmsnorm(&plain, 0));
+    });
+    const double halves_fused = dev_time_loop_us(reps, loop, [&](int) { DEV_CUDA(bmc_add_rmsnorm(&fused, 0)); });
+    DEV_CUDA(cudaDeviceSynchronize());
+    printf("rows %4d, d %d, fc2 in %d slices, per launch: Mamba norm alone %.2f us, bmc_scatter_parts + norm %.2f us, "
+           "PARTS norm %.2f us\n",
+           B, d, split, alone, scatter_pair, parts_fused);
+    printf("rows %4d, d %d, E 8, per launch: MoE norm alone %.2f us, bmc_fold_rows + MoE norm %.2f us, HALVES MoE "
+           "norm %.2f us\n",
+           B, d, route_alone, fold_pair, halves_fused);
+    free_form_bufs(b);
+    cudaFree(d_w); cudaFree(d_rw); cudaFree(d_rb); cudaFree(d_bias); cudaFree(d_parts); cudaFree(d_n);
+    free(res); free(h); free(w); free(rw); free(rb); free(bias); free(parts); free(gate); free(expert); free(order);
+    free(pos);
 }
 
 int main(void) {
@@ -284,9 +636,25 @@ int main(void) {
     };
     for (const route_case &c : cases)
         for (int rep = 0; rep < 2; rep++) run_case(c, rep);
+    /* moe, form, bias, add */
+    const int kinds[][4] = {{0, BMC_H_HALVES, 1, 0}, {1, BMC_H_HALVES, 1, 0}, {0, BMC_H_HALVES, 0, 0},
+                            {0, BMC_H_PARTS, 1, 0},  {1, BMC_H_PARTS, 1, 0},  {1, BMC_H_PARTS, 0, 1},
+                            {0, BMC_H_PARTS, 1, 1}};
+    const int form_rows[] = {1, 3, 64, 256, 1000};
+    for (int rows : form_rows)
+        for (int live : {rows, rows - (rows / 8 > 1 ? rows / 8 : 1)})
+            for (int k = 0; k < (int)(sizeof kinds / sizeof kinds[0]); k++) {
+                /* f16 for the third and last kinds (the others are bf16, as the released models) */
+                const int act = k == 2 || k == 6 ? BMC_F16 : BMC_BF16;
+                const form_case c = {rows, live, act, kinds[k][0], kinds[k][1], kinds[k][2], kinds[k][3]};
+                run_form_case(c);
+            }
     time_rows(64);
     time_rows(256);
     time_rows(1024);
+    time_forms(64);
+    time_forms(256);
+    time_forms(1024);
     cudaFree(d_counter);
     return dev_summary("dev_norm_route");
 }
