@@ -341,7 +341,9 @@ typedef struct bmc_moe_gemm_args {
     const float *gates;      /* SCATTER */
     int add;                 /* SCATTER: add to y (parallel layers) */
     int variant;             /* 0: chosen from the rows per expert; 1..9: a forced tile shape, 10: the streaming
-                                kernel, 11: its weight traffic alone (a measurement; junk output) (harness) */
+                                kernel, 11: its weight traffic alone (a measurement; junk output), 12: the direct
+                                streaming kernel (weights straight into registers), 13: its weight loads alone
+                                (junk output) (harness) */
     int k_split;             /* PARTIAL: slices of K (grid z), >= 1 */
 } bmc_moe_gemm_args;
 cudaError_t bmc_moe_gemm(const bmc_moe_gemm_args *a, int wtype, cudaStream_t stream);

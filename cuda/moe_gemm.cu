@@ -397,10 +397,15 @@ __device__ __forceinline__ void ms_pass(float (&acc)[MS_MAX_NT][4], const T *wro
     __syncwarp();
 }
 
-template <typename T, int STAGES, int KS, bool WEIGHTS_ONLY>
-__global__ void __launch_bounds__(MS_THREADS, 2) moe_stream_kernel(const bmc_moe_gemm_args a) {
+/* The units of the streaming kernels and their epilogue, shared by the ring
+ * (moe_stream_kernel) and the direct (moe_direct_kernel) weight streams:
+ * enumerates this block's units, this warp's share of them, and for each
+ * unit its columns in passes of up to MAX_NT n-tiles; pass(acc, nt, wrow0,
+ * nv0, wrow8, nv8, xoff, ks0, ks1) leaves one pass's products in acc (as
+ * ms_pass does), over the k-steps of KS in [ks0, ks1). */
+template <typename T, int MAX_NT, int KS, typename Pass>
+__device__ __forceinline__ void ms_units(const bmc_moe_gemm_args &a, Pass &&pass) {
     __shared__ int s_unit0[65]; /* first unit of each expert; s_unit0[E]: all units */
-    extern __shared__ uint4 ms_ring[]; /* per warp: STAGES slots of 16 rows x KS */
     const int E = a.expert_start ? a.E : 1, mode = a.mode;
     const bool gated = mode == BMC_MOE_GATED, split = a.x_lo_rows > 0;
     const int feats = gated ? 8 : 16; /* output features per unit */
@@ -420,9 +425,7 @@ __global__ void __launch_bounds__(MS_THREADS, 2) moe_stream_kernel(const bmc_moe
     const long long total = s_unit0[E];
     const int u_begin = (int)(total * blockIdx.x / gridDim.x), u_end = (int)(total * (blockIdx.x + 1) / gridDim.x);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-    const T *X = reinterpret_cast<const T *>(a.X);
     const int cols_per_row = split ? 2 : 1;
-    uint4 *ring = ms_ring + (size_t)warp * STAGES * 16 * (KS / 8); /* this warp's slots */
     for (int u = u_begin + warp; u < u_end; u += MS_THREADS / 32) {
         int e = 0;
         while (e + 1 < E && s_unit0[e + 1] <= u) e++;
@@ -447,24 +450,22 @@ __global__ void __launch_bounds__(MS_THREADS, 2) moe_stream_kernel(const bmc_moe
             nv8 = min(8, a.N - fu * 16 - 8);
         }
         const int cols = rows * cols_per_row;
-        for (int c0 = 0; c0 < cols; c0 += MS_MAX_NT * 8) {
-            const int nt = min(MS_MAX_NT, (cols - c0 + 7) / 8);
-            int xoff[MS_MAX_NT];
+        for (int c0 = 0; c0 < cols; c0 += MAX_NT * 8) {
+            const int nt = min(MAX_NT, (cols - c0 + 7) / 8);
+            int xoff[MAX_NT];
 #pragma unroll
-            for (int j = 0; j < MS_MAX_NT; j++) { /* column c0 + 8j + g: row (of this expert) and half */
+            for (int j = 0; j < MAX_NT; j++) { /* column c0 + 8j + g: row (of this expert) and half */
                 const int col = min(c0 + j * 8 + g, cols - 1), r = col / cols_per_row, half = col % cols_per_row;
                 const int gr = r0 + r, xr = (a.x_rows ? a.x_rows[gr] : gr) + (half ? a.x_lo_rows : 0);
                 xoff[j] = xr * a.ldx; /* X holds fewer than 2^31 elements (ms_fits) */
             }
-            float acc[MS_MAX_NT][4];
+            float acc[MAX_NT][4];
 #pragma unroll
-            for (int j = 0; j < MS_MAX_NT; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
-            if (nt == 1) ms_pass<T, 1, STAGES, KS, WEIGHTS_ONLY>(acc, wrow0, nv0, wrow8, nv8, X, xoff, a.K, kb0, kb1, ring);
-            else if (nt == 2) ms_pass<T, 2, STAGES, KS, WEIGHTS_ONLY>(acc, wrow0, nv0, wrow8, nv8, X, xoff, a.K, kb0, kb1, ring);
-            else ms_pass<T, 4, STAGES, KS, WEIGHTS_ONLY>(acc, wrow0, nv0, wrow8, nv8, X, xoff, a.K, kb0, kb1, ring);
+            for (int j = 0; j < MAX_NT; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+            pass(acc, nt, wrow0, nv0, wrow8, nv8, xoff, kb0, kb1);
             /* acc[j][0..1]: weight row g at columns c0 + 8j + 2c, +1; [2..3]: row g + 8 */
 #pragma unroll
-            for (int j = 0; j < MS_MAX_NT; j++) {
+            for (int j = 0; j < MAX_NT; j++) {
                 if (j >= nt) break;
 #pragma unroll
                 for (int q = 0; q < 2; q++) {
@@ -489,7 +490,144 @@ __global__ void __launch_bounds__(MS_THREADS, 2) moe_stream_kernel(const bmc_moe
     }
 }
 
-/* The streaming variant applies where its loads stay aligned. */
+template <typename T, int STAGES, int KS, bool WEIGHTS_ONLY>
+__global__ void __launch_bounds__(MS_THREADS, 2) moe_stream_kernel(const bmc_moe_gemm_args a) {
+    extern __shared__ uint4 ms_ring[]; /* per warp: STAGES slots of 16 rows x KS */
+    const T *X = reinterpret_cast<const T *>(a.X);
+    uint4 *ring = ms_ring + (size_t)(threadIdx.x >> 5) * STAGES * 16 * (KS / 8); /* this warp's slots */
+    const int K = a.K;
+    ms_units<T, MS_MAX_NT, KS>(a, [&](float (&acc)[MS_MAX_NT][4], int nt, const T *wrow0, int nv0, const T *wrow8,
+                                      int nv8, const int (&xoff)[MS_MAX_NT], int kb0, int kb1) {
+        if (nt == 1) ms_pass<T, 1, STAGES, KS, WEIGHTS_ONLY>(acc, wrow0, nv0, wrow8, nv8, X, xoff, K, kb0, kb1, ring);
+        else if (nt == 2) ms_pass<T, 2, STAGES, KS, WEIGHTS_ONLY>(acc, wrow0, nv0, wrow8, nv8, X, xoff, K, kb0, kb1, ring);
+        else ms_pass<T, 4, STAGES, KS, WEIGHTS_ONLY>(acc, wrow0, nv0, wrow8, nv8, X, xoff, K, kb0, kb1, ring);
+    });
+}
+
+/* ---- the direct weight stream -----------------------------------------------
+ *
+ * The same units, MMAs and epilogue as moe_stream_kernel, but the weights go
+ * from global memory straight into registers (bmc_load_stream: no shared
+ * memory, no cp.async), as the batch-1 GEMV streams them. A k-step of MD_KS
+ * is 16 rows x 256 bytes per warp (8 loads of 16 bytes per lane); two
+ * register sets hold two k-steps, each refilled as soon as the MMAs have
+ * read it, so while a warp waits for one k-step the next is in flight too:
+ * 8 KB per warp, 128 KB per SM at two blocks of 8 warps (128 registers).
+ *
+ * The MMA ties a lane's weight rows to its group g (rows g and g + 8), so
+ * loaded as the fragments want them a warp instruction would read 64 bytes
+ * of each of 8 rows. Instead instruction j = 4h + 2 j1 + j0 reads 256
+ * contiguous bytes of each of two rows: lane L takes A row 8h + 4 (L >> 4) +
+ * (j & 3), chunk L & 15 (8 k each). Two butterfly exchanges then trade lane
+ * bit 3 with register bit j1 and lane bit 2 with j0, after which lane (g, c)
+ * holds in register 4h + m row 8h + g, chunk 4m + c: the 8 k at 32m + 8c of
+ * the step, the order in which ms_pass feeds the MMAs and loads the
+ * activations, so the MMA code is ms_pass's. The exchanges cost 32 shuffles
+ * and 96 selects per k-step and warp, against 4 KB of weights. 512-byte
+ * pieces (one row per instruction) would take a third exchange and 16
+ * registers more per k-step, which the 128 of two blocks per SM cannot hold.
+ *
+ * The activations are loaded per 32-k part just before its MMAs (L1 hits
+ * mostly: the warps of a block share an expert's), which keeps their
+ * registers to NT uint4; a pass is at most MD_MAX_NT n-tiles for the same
+ * reason. Not yet measured on a GPU: BM_CUDA_MOE_DIRECT_MAX enables it. */
+#define MD_KS 128 /* k per step: 256-byte pieces of each row */
+#define MD_MAX_NT 2 /* n-tiles per pass: 16 columns, the two halves of 8 rows (64 streams over 8 experts) */
+
+/* Swaps lane bit MASK with the register bit that tells r0 (0) from r1 (1):
+ * a lane keeps the register whose bit equals its own and trades the other
+ * with the lane across MASK. */
+template <int MASK> __device__ __forceinline__ void md_swap32(uint32_t &r0, uint32_t &r1, bool up) {
+    const uint32_t v = __shfl_xor_sync(0xffffffffu, up ? r0 : r1, MASK);
+    r0 = up ? v : r0;
+    r1 = up ? r1 : v;
+}
+template <int MASK> __device__ __forceinline__ void md_swap(uint4 &r0, uint4 &r1) {
+    const bool up = (threadIdx.x & MASK) != 0;
+    md_swap32<MASK>(r0.x, r1.x, up);
+    md_swap32<MASK>(r0.y, r1.y, up);
+    md_swap32<MASK>(r0.z, r1.z, up);
+    md_swap32<MASK>(r0.w, r1.w, up);
+}
+
+/* One pass of a unit, as ms_pass (same arguments, less the ring), over the
+ * k-steps [ks0, ks1) of MD_KS. */
+template <typename T, int NT, bool WEIGHTS_ONLY>
+__device__ __forceinline__ void md_pass(float (&acc)[MD_MAX_NT][4], const T *wrow0, int nv0, const T *wrow8, int nv8,
+                                        const T *X, const int (&xoff)[MD_MAX_NT], int K, int ks0, int ks1) {
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    const int lane = threadIdx.x & 31, c = lane & 3;
+    /* this lane's chunk of the first row it reads in each group; instruction j
+     * reads j & 3 rows further (rows beyond nv0 / nv8 are not read: zero, and
+     * their outputs are dropped) */
+    const int rb = 4 * (lane >> 4);
+    const T *src0 = wrow0 + (size_t)rb * K + (lane & 15) * 8, *src8 = wrow8 + (size_t)rb * K + (lane & 15) * 8;
+    auto load = [&](uint4 (&w)[8], int ks) { /* k beyond K or the pass reads nothing: zero */
+        const int k = ks * MD_KS;
+        const bool ok = ks < ks1 && k + (lane & 15) * 8 < K;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const bool row_ok = (j & 3) + rb < (j < 4 ? nv0 : nv8);
+            w[j] = ok && row_ok ? bmc_load_stream(reinterpret_cast<const uint4 *>((j < 4 ? src0 : src8) + (j & 3) * K + k))
+                                : zero;
+        }
+    };
+    auto step = [&](uint4 (&w)[8], int ks) {
+        if (WEIGHTS_ONLY) { /* measurement: the loads alone, no exchange and no products */
+#pragma unroll
+            for (int j = 0; j < 8; j++) acc[0][0] += __uint_as_float(w[j].x ^ w[j].y ^ w[j].z ^ w[j].w) * 1e-30f;
+        } else {
+            md_swap<8>(w[0], w[2]); /* lane bit 3 <-> register bit 1 */
+            md_swap<8>(w[1], w[3]);
+            md_swap<8>(w[4], w[6]);
+            md_swap<8>(w[5], w[7]);
+            md_swap<4>(w[0], w[1]); /* lane bit 2 <-> register bit 0 */
+            md_swap<4>(w[2], w[3]);
+            md_swap<4>(w[4], w[5]);
+            md_swap<4>(w[6], w[7]);
+#pragma unroll
+            for (int m = 0; m < MD_KS / 32; m++) {
+                /* the activations of this part of the step: mostly L1 hits, and the next
+                 * k-step's weights stay in flight while they come */
+                const int k = ks * MD_KS + m * 32 + c * 8;
+                uint4 xv[NT];
+#pragma unroll
+                for (int j = 0; j < NT; j++) xv[j] = k < K ? ms_load_x(X + xoff[j] + k) : zero;
+#pragma unroll
+                for (int j = 0; j < NT; j++) {
+                    ms_mma<T>::run(acc[j], w[m].x, w[4 + m].x, w[m].y, w[4 + m].y, xv[j].x, xv[j].y);
+                    ms_mma<T>::run(acc[j], w[m].z, w[4 + m].z, w[m].w, w[4 + m].w, xv[j].z, xv[j].w);
+                }
+            }
+        }
+    };
+    /* two register sets, each refilled (two k-steps ahead) as soon as its MMAs have read it */
+    uint4 w0[8], w1[8];
+    load(w0, ks0);
+    load(w1, ks0 + 1);
+    for (int ks = ks0; ks < ks1; ks += 2) {
+        step(w0, ks);
+        load(w0, ks + 2);
+        if (ks + 1 < ks1) {
+            step(w1, ks + 1);
+            load(w1, ks + 3);
+        }
+    }
+}
+
+template <typename T, bool WEIGHTS_ONLY>
+__global__ void __launch_bounds__(MS_THREADS, 2) moe_direct_kernel(const bmc_moe_gemm_args a) {
+    const T *X = reinterpret_cast<const T *>(a.X);
+    const int K = a.K;
+    ms_units<T, MD_MAX_NT, MD_KS>(a, [&](float (&acc)[MD_MAX_NT][4], int nt, const T *wrow0, int nv0, const T *wrow8,
+                                         int nv8, const int (&xoff)[MD_MAX_NT], int kb0, int kb1) {
+        static_assert(MD_MAX_NT == 2, "a pass of 1 or 2 n-tiles");
+        if (nt == 1) md_pass<T, 1, WEIGHTS_ONLY>(acc, wrow0, nv0, wrow8, nv8, X, xoff, K, kb0, kb1);
+        else md_pass<T, 2, WEIGHTS_ONLY>(acc, wrow0, nv0, wrow8, nv8, X, xoff, K, kb0, kb1);
+    });
+}
+
+/* The streaming variants apply where their loads stay aligned. */
 static bool ms_fits(const bmc_moe_gemm_args *a) {
     /* (K % 8 and E <= 64 are bmc_moe_gemm's own conditions) */
     return a->ldx % 8 == 0 && a->expert_stride % 8 == 0 && ((uintptr_t)a->X & 15) == 0 && ((uintptr_t)a->W & 15) == 0 &&
@@ -505,20 +643,39 @@ static int ms_max_rows_per_expert(void) {
     return v && *v ? atoi(v) : 2;
 }
 
-template <typename T, int STAGES, int KS, bool WEIGHTS_ONLY>
-static cudaError_t ms_launch(const bmc_moe_gemm_args *a, cudaStream_t stream) {
+/* Up to how many rows per expert (on average) the direct kernel runs, ahead
+ * of the streaming kernel and the tiles: BM_CUDA_MOE_DIRECT_MAX, else 0
+ * (never) until it is measured on a GPU. */
+static int md_max_rows_per_expert(void) {
+    const char *v = getenv("BM_CUDA_MOE_DIRECT_MAX");
+    return v && *v ? atoi(v) : 0;
+}
+
+/* A streaming kernel on as many blocks as fit on the SMs at once, with smem
+ * bytes of dynamic shared memory and that carveout (percent of the SM's
+ * memory as shared memory; the rest is L1 for the activations). */
+template <typename Kernel>
+static cudaError_t ms_start(Kernel kernel, int smem, int carveout, const bmc_moe_gemm_args *a, cudaStream_t stream) {
     int dev = 0, sms = 0, per_sm = 0;
-    const int smem = MS_SMEM(STAGES, KS);
-    auto kernel = moe_stream_kernel<T, STAGES, KS, WEIGHTS_ONLY>;
     cudaError_t e = cudaGetDevice(&dev);
     if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    /* shared memory for the rings of two blocks; the rest of the SM's memory is L1 for the activations */
     if (e == cudaSuccess) e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (e == cudaSuccess) e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 60);
+    if (e == cudaSuccess) e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, carveout);
     if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, MS_THREADS, smem);
     if (e != cudaSuccess) return e;
     kernel<<<sms * max(per_sm, 1), MS_THREADS, smem, stream>>>(*a);
     return cudaGetLastError();
+}
+
+template <typename T, int STAGES, int KS, bool WEIGHTS_ONLY>
+static cudaError_t ms_launch(const bmc_moe_gemm_args *a, cudaStream_t stream) {
+    /* shared memory for the rings of two blocks */
+    return ms_start(moe_stream_kernel<T, STAGES, KS, WEIGHTS_ONLY>, MS_SMEM(STAGES, KS), 60, a, stream);
+}
+
+template <typename T, bool WEIGHTS_ONLY> static cudaError_t md_launch(const bmc_moe_gemm_args *a, cudaStream_t stream) {
+    /* no ring: all but the least shared memory is L1 */
+    return ms_fits(a) ? ms_start(moe_direct_kernel<T, WEIGHTS_ONLY>, 0, 0, a, stream) : cudaErrorInvalidValue;
 }
 
 template <typename T> static cudaError_t mg_dispatch(const bmc_moe_gemm_args *a, cudaStream_t stream) {
@@ -535,9 +692,12 @@ template <typename T> static cudaError_t mg_dispatch(const bmc_moe_gemm_args *a,
     case 10: return ms_fits(a) ? ms_launch<T, MS_STAGES, MS_KS, false>(a, stream) : cudaErrorInvalidValue;
     /* a measurement: the streaming kernel's weight traffic alone, no products (the output is junk) */
     case 11: return ms_fits(a) ? ms_launch<T, MS_STAGES, MS_KS, true>(a, stream) : cudaErrorInvalidValue;
+    case 12: return md_launch<T, false>(a, stream); /* the direct weight stream */
+    case 13: return md_launch<T, true>(a, stream);  /* its weight loads alone (junk output) */
     default: break;
     }
-    const int per_expert = a->max_rows / (a->expert_start ? a->E : 1);
+    const int per_expert = a->max_rows / (a->expert_start ? a->E : 1), direct_max = md_max_rows_per_expert();
+    if (direct_max > 0 && per_expert <= direct_max && ms_fits(a)) return md_launch<T, false>(a, stream);
     if (per_expert <= ms_max_rows_per_expert() && ms_fits(a)) return ms_launch<T, MS_STAGES, MS_KS, false>(a, stream);
     if (a->mode == BMC_MOE_PARTIAL) { /* fc2 split over K: wide tiles, the slices give the blocks */
         if (per_expert <= 16) return mg_fit<T, 16, 128, 4>(a, stream);
@@ -556,7 +716,7 @@ template <typename T> static cudaError_t mg_dispatch(const bmc_moe_gemm_args *a,
 
 cudaError_t bmc_moe_gemm(const bmc_moe_gemm_args *a, int wtype, cudaStream_t stream) {
     if (a->max_rows <= 0 || a->N <= 0) return cudaSuccess;
-    if (a->K % 8 || a->E < 1 || a->E > 64 || a->variant < 0 || a->variant > 11) return cudaErrorInvalidValue;
+    if (a->K % 8 || a->E < 1 || a->E > 64 || a->variant < 0 || a->variant > 13) return cudaErrorInvalidValue;
     return wtype == BMC_F16 ? mg_dispatch<__half>(a, stream) : mg_dispatch<__nv_bfloat16>(a, stream);
 }
 

@@ -2,8 +2,9 @@
  * against a double CPU version: fc1 with the gated GELU (rows read through a
  * permutation, bf16 output) and fc2 with the gate-scaled scatter (store and
  * add), on uneven expert groups (an empty expert, one of more than a tile of
- * rows) and K, N off the tile sizes; then its time on the 2.8B expert shapes
- * at 64, 256 and 1024 rows spread over 8 experts, with the bytes it must read
+ * rows) and K, N off the tile sizes, with the tiles and both weight-streaming
+ * kernels (ring, direct); then its time on the 2.8B expert shapes
+ * at 16 to 1024 rows spread over 8 experts, with the bytes it must read
  * (each expert's weights once) and its FLOP rate. */
 #include "dev.cuh"
 
@@ -113,22 +114,24 @@ static void check_case(int E, int rows, int K, int N, const int *counts, int spl
         double e9 = dev_rel_error(mf2, m_ref, (size_t)rows * N);
         printf("  fc1, 64x128 tiles in a 2-stage pipeline: rel err %.2e\n", e9);
         DEV_CHECK(e9 < (split ? 1e-4 : 1e-2), "fc1 2-stage rel err %.3e", e9);
-        /* the weight-streaming kernel */
-        DEV_CUDA(cudaMemset(d_m2, 0xff, (size_t)2 * rows * N * 2));
-        b.variant = 10;
-        DEV_CUDA(bmc_moe_gemm(&b, BMC_BF16, 0));
-        DEV_CUDA(cudaDeviceSynchronize());
-        dev_download(mh2, d_m2, (size_t)(split ? 2 : 1) * rows * N);
-        for (size_t i = 0; i < (size_t)rows * N; i++)
-            mf2[i] = dev_from_bf16(mh2[i]) + (split ? dev_from_bf16(mh2[(size_t)rows * N + i]) : 0.0f);
-        double e10 = dev_rel_error(mf2, m_ref, (size_t)rows * N);
-        printf("  fc1, weight-streaming kernel: rel err %.2e\n", e10);
-        DEV_CHECK(e10 < (split ? 1e-4 : 1e-2), "fc1 streaming rel err %.3e", e10);
+        for (int v = 10; v <= 12; v += 2) { /* the weight-streaming kernels: ring (10) and direct (12) */
+            DEV_CUDA(cudaMemset(d_m2, 0xff, (size_t)2 * rows * N * 2));
+            b.variant = v;
+            DEV_CUDA(bmc_moe_gemm(&b, BMC_BF16, 0));
+            DEV_CUDA(cudaDeviceSynchronize());
+            dev_download(mh2, d_m2, (size_t)(split ? 2 : 1) * rows * N);
+            for (size_t i = 0; i < (size_t)rows * N; i++)
+                mf2[i] = dev_from_bf16(mh2[i]) + (split ? dev_from_bf16(mh2[(size_t)rows * N + i]) : 0.0f);
+            double ev = dev_rel_error(mf2, m_ref, (size_t)rows * N);
+            printf("  fc1, weight-streaming kernel (%s): rel err %.2e\n", v == 10 ? "ring" : "direct", ev);
+            DEV_CHECK(ev < (split ? 1e-4 : 1e-2), "fc1 streaming variant %d rel err %.3e", v, ev);
+        }
         free(mh2); free(mf2); cudaFree(d_m2);
     }
-    /* fc2 from the GPU's own m (bf16), store then add */
-    for (int run = 0; run < 4; run++) {
-        const int add = run & 1, variant = run < 2 ? 0 : 10; /* then the weight-streaming kernel */
+    /* fc2 from the GPU's own m (bf16), store then add: tiles, then the ring and the direct weight streams */
+    const int scatter_variants[3] = {0, 10, 12};
+    for (int run = 0; run < 6; run++) {
+        const int add = run & 1, variant = scatter_variants[run >> 1];
         float *d_y = add ? dev_upload(y0, (size_t)rows * K) : dev_alloc_poisoned<float>((size_t)rows * K);
         memset(&a, 0, sizeof a);
         a.mode = BMC_MOE_SCATTER;
@@ -156,12 +159,14 @@ static void check_case(int E, int rows, int K, int N, const int *counts, int spl
         dev_download(yh, d_y, (size_t)rows * K);
         double e2 = dev_rel_error(yh, add ? y_add : y_ref, (size_t)rows * K);
         printf("  fc2 scatter (%s)%s%s, E %d rows %d: rel err %.2e\n", add ? "add" : "store", split ? " (two halves)" : "",
-               variant ? ", weight-streaming kernel" : "", E, rows, e2);
-        DEV_CHECK(e2 < 1e-4, "fc2 rel err %.3e", e2);
+               variant == 10 ? ", weight-streaming kernel (ring)" : variant == 12 ? ", weight-streaming kernel (direct)" : "",
+               E, rows, e2);
+        DEV_CHECK(e2 < 1e-4, "fc2 variant %d rel err %.3e", variant, e2);
         free(yh);
         cudaFree(d_y);
     }
-    for (int variant = 0; variant <= 10; variant += 10) { /* fc2 split over K (3 slices, partial sums) + bmc_scatter_parts */
+    const int split_variants[3] = {0, 10, 12}; /* tiles, ring and direct weight streams */
+    for (int variant : split_variants) { /* fc2 split over K (3 slices, partial sums) + bmc_scatter_parts */
         int *d_expert_of = NULL;
         int *expert_of = (int *)malloc(rows * 4);
         for (int e = 0; e < E; e++)
@@ -192,8 +197,10 @@ static void check_case(int E, int rows, int K, int N, const int *counts, int spl
         dev_download(yh, d_y, (size_t)rows * K);
         double e3 = dev_rel_error(yh, y_ref, (size_t)rows * K);
         printf("  fc2 split over K in 3 + scatter of the parts%s%s, E %d rows %d: rel err %.2e\n",
-               split ? " (two halves)" : "", variant ? ", weight-streaming kernel" : "", E, rows, e3);
-        DEV_CHECK(e3 < 1e-4, "fc2 split rel err %.3e", e3);
+               split ? " (two halves)" : "",
+               variant == 10 ? ", weight-streaming kernel (ring)" : variant == 12 ? ", weight-streaming kernel (direct)" : "",
+               E, rows, e3);
+        DEV_CHECK(e3 < 1e-4, "fc2 split variant %d rel err %.3e", variant, e3);
         free(yh); free(expert_of);
         cudaFree(d_part); cudaFree(d_y); cudaFree(d_n); cudaFree(d_expert_of);
     }
@@ -204,8 +211,9 @@ static void check_case(int E, int rows, int K, int N, const int *counts, int spl
 }
 
 /* DEV_PROFILE=1: one launch each of fc1 at 64 rows (2.8B experts) with the
- * 16x128 tiles, the streaming kernel and its weight stream alone, nothing
- * else: a short program for a profiler (ncu -k regex:moe_). */
+ * 16x128 tiles, the ring and the direct streaming kernels and each one's
+ * weight stream alone, nothing else: a short program for a profiler
+ * (ncu -k regex:moe_). */
 static int profile_once(void) {
     const int d = 1472, F = 3872, E = 8, rows = 64;
     const size_t w1n = (size_t)E * 2 * F * d;
@@ -223,7 +231,7 @@ static int profile_once(void) {
     a.mode = BMC_MOE_GATED; a.N = F; a.K = d; a.E = E; a.max_rows = rows; a.X = d_x; a.ldx = d;
     a.x_rows = d_order; a.W = d_w1; a.expert_stride = (long long)2 * F * d; a.expert_start = d_start;
     a.y = d_m; a.ldy = F; a.x_lo_rows = a.y_lo_rows = rows;
-    const int variants[3] = {1, 10, 11};
+    const int variants[5] = {1, 10, 11, 12, 13};
     for (int v : variants) {
         a.variant = v;
         DEV_CUDA(bmc_moe_gemm(&a, BMC_BF16, 0));
@@ -256,14 +264,16 @@ int main(void) {
     uint16_t *d_w1 = dev_upload(w1h, w1n), *d_w2 = dev_upload(w1h, w2n);
     free(w1h);
     /* every tile shape (variant 1..8, 0 = the automatic choice) at each row count */
-    static const char *const shapes[12] = {"auto",     "16x128/4", "16x64/4", "16x32/4", "32x128/4", "32x64/4",
-                                           "64x128/3", "64x64/3",  "16x64/6", "64x128/2", "stream",   "W only"};
-    printf("  2.8B experts, inputs in two halves: fc1 / fc2 us per tile shape (TMxTN/stages, stream: the weight-streaming\n"
-           "  kernel), the auto choice's GB/s and TFLOP/s, fc2 split over K + scatter (tiles, stream), and the GB/s of\n"
-           "  the streaming kernel's fc1 + split fc2\n");
+    static const char *const shapes[14] = {"auto",     "16x128/4", "16x64/4", "16x32/4", "32x128/4", "32x64/4", "64x128/3",
+                                           "64x64/3",  "16x64/6",  "64x128/2", "stream",  "W only",   "direct",  "D W only"};
+    printf("  2.8B experts, inputs in two halves: fc1 / fc2 us per tile shape (TMxTN/stages; stream, direct: the\n"
+           "  weight-streaming kernels through a shared-memory ring and straight into registers; W only: their weight\n"
+           "  loads alone), the auto choice's GB/s and TFLOP/s, fc2 split over K + scatter (tiles, stream, direct), and\n"
+           "  the GB/s of each streaming kernel's fc1 + split fc2\n");
     printf("  %-6s", "rows");
-    for (int v = 0; v < 12; v++) printf(" %11s", shapes[v]);
-    printf(" %8s %8s %14s %14s %8s\n", "GB/s", "TFLOP/s", "fc2 split+sc", "stream sp+sc", "GB/s");
+    for (int v = 0; v < 14; v++) printf(" %11s", shapes[v]);
+    printf(" %8s %8s %14s %14s %14s %8s %8s\n", "GB/s", "TFLOP/s", "fc2 split+sc", "stream sp+sc", "direct sp+sc",
+           "str GB/s", "dir GB/s");
     const int row_counts[5] = {16, 64, 128, 256, 1024};
     for (int ri = 0; ri < 5; ri++) {
         const int rows = row_counts[ri];
@@ -287,13 +297,14 @@ int main(void) {
         a2.y_rows = d_order; a2.gates = d_g; a2.x_lo_rows = rows;
         printf("  %-6d", rows);
         double t_auto = 0;
-        double t_stream = 0;
-        for (int v = 0; v < 12; v++) {
+        double t_stream = 0, t_direct = 0;
+        for (int v = 0; v < 14; v++) {
             a1.variant = a2.variant = v;
             double t1 = dev_time_us(15, [&](int) { DEV_CUDA(bmc_moe_gemm(&a1, BMC_BF16, 0)); });
             double t2 = dev_time_us(15, [&](int) { DEV_CUDA(bmc_moe_gemm(&a2, BMC_BF16, 0)); });
             if (v == 0) t_auto = t1 + t2;
             if (v == 10) t_stream = t1;
+            if (v == 12) t_direct = t1;
             char cell[32];
             snprintf(cell, sizeof cell, "%.0f/%.0f", t1, t2);
             printf(" %11s", cell);
@@ -312,14 +323,19 @@ int main(void) {
             DEV_CUDA(bmc_moe_gemm(&a3, BMC_BF16, 0));
             DEV_CUDA(bmc_scatter_parts(d_part, split, (long long)rows * d, d_n, d_order, d_g, NULL, NULL, rows, d, 0, d_y, 0));
         });
-        a3.variant = 10;
-        const double t4 = dev_time_us(15, [&](int) {
-            DEV_CUDA(bmc_moe_gemm(&a3, BMC_BF16, 0));
-            DEV_CUDA(bmc_scatter_parts(d_part, split, (long long)rows * d, d_n, d_order, d_g, NULL, NULL, rows, d, 0, d_y, 0));
-        });
-        t_stream += t4; /* fc1 + fc2 as the row path would run them with the streaming kernel */
-        printf(" %8.0f %8.1f %10.0f (%d) %10.0f (%d) %8.0f\n", bytes / (t_auto * 1e-6) / 1e9,
-               flops / (t_auto * 1e-6) / 1e12, t3, split, t4, split, bytes / (t_stream * 1e-6) / 1e9);
+        double t4[2];
+        for (int i = 0; i < 2; i++) { /* the ring (10), then the direct (12) streaming kernel */
+            a3.variant = 10 + 2 * i;
+            t4[i] = dev_time_us(15, [&](int) {
+                DEV_CUDA(bmc_moe_gemm(&a3, BMC_BF16, 0));
+                DEV_CUDA(bmc_scatter_parts(d_part, split, (long long)rows * d, d_n, d_order, d_g, NULL, NULL, rows, d, 0, d_y, 0));
+            });
+        }
+        t_stream += t4[0]; /* fc1 + fc2 as the row path would run them with each streaming kernel */
+        t_direct += t4[1];
+        printf(" %8.0f %8.1f %10.0f (%d) %10.0f (%d) %10.0f (%d) %8.0f %8.0f\n", bytes / (t_auto * 1e-6) / 1e9,
+               flops / (t_auto * 1e-6) / 1e12, t3, split, t4[0], split, t4[1], split, bytes / (t_stream * 1e-6) / 1e9,
+               bytes / (t_direct * 1e-6) / 1e9);
         cudaFree(d_part);
         cudaFree(d_n);
         free(xh); free(gates); free(order);
