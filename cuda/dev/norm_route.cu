@@ -8,24 +8,10 @@
  * zero after every launch (one counter for all cases, each case run twice).
  * Then the fused kernel timed against the pair it replaced (the norm, then
  * bmc_route_rows) at the 2.8B width for 64, 256 and 1024 rows. */
-#include <cuda_fp16.h>
-
 #include "dev.cuh"
 
 static const int d = 1472;
 static unsigned *d_counter;
-
-static float from16(uint16_t u, int act) {
-    if (act != BMC_F16) return dev_from_bf16(u);
-    __half_raw raw;
-    raw.x = u;
-    return __half2float(__half(raw));
-}
-static uint16_t to16(float f, int act) {
-    if (act != BMC_F16) return dev_bf16(f);
-    __half_raw raw = __float2half_rn(f);
-    return raw.x;
-}
 
 struct route_case {
     int rows, n_live; /* n_live < 0: n_dev NULL, every row live */
@@ -47,7 +33,7 @@ static void ref_norm(const float *x, int rows, const float *w, double *y) {
 static int halves_wrong(const uint16_t *h16, const float *y, int rows, int act) {
     int wrong = 0;
     for (size_t i = 0; i < (size_t)rows * d; i++) {
-        const uint16_t hi = to16(y[i], act), lo = to16(y[i] - from16(hi, act), act);
+        const uint16_t hi = dev_to16(y[i], act), lo = dev_to16(y[i] - dev_from16(hi, act), act);
         wrong += h16[i] != hi || h16[i + (size_t)rows * d] != lo;
     }
     return wrong;
