@@ -115,8 +115,8 @@ typedef struct rows_scratch {
     float **state_ptrs;               /* NULL for the padding rows */
     int *n_dev;                       /* live rows of this step */
     double *u;                        /* the sampler's draws */
-    float *res, *h, *xz, *xdbl, *delta, *gate, *eout, *logits;
-    void *normed16, *moe16, *u16, *y16, *act16, *m16, *final16;
+    float *res, *h, *xz, *xdbl, *gate, *eout, *logits;
+    void *normed16, *moe16, *y16, *act16, *m16, *final16;
     int *expert_of, *order, *pos_of;  /* pos_of: order's inverse, where the next norm finds a row's fc2 slices */
     int *expert_start;                /* [n_layers][max_experts + 1]: each MoE layer keeps its own */
     unsigned *route_counter;          /* the routing norm's blocks-done count: zero between launches */

@@ -9,19 +9,15 @@
 
 #define CONV_STEP_THREADS 256
 
-template <typename T>
 __global__ void __launch_bounds__(CONV_STEP_THREADS) conv_step_kernel(const bmc_conv_step_args a) {
     const int b = blockIdx.y, c = blockIdx.x * CONV_STEP_THREADS + threadIdx.x;
     if (c >= a.di) return;
-    T *u16 = reinterpret_cast<T *>(a.u16) + (size_t)b * a.di + c;
+    float *x = a.xz + (size_t)b * a.ldxz + c;
     float *const sp = a.state_ptrs[b];
-    const size_t lo16 = (size_t)a.lo_rows * a.di;
-    if (!sp) { /* padding row */
-        *u16 = bmc_from_float<T>(0.0f);
-        if (lo16) u16[lo16] = bmc_from_float<T>(0.0f);
+    if (!sp) { /* padding row: x_proj reads a zero input */
+        *x = 0.0f;
         return;
     }
-    float *x = a.xz + (size_t)b * a.ldxz + c;
     float v = *x;
     if (a.lo_rows > 0) { /* the two partial products of in_proj, x and z */
         const size_t lo = (size_t)a.lo_rows * a.ldxz;
@@ -42,20 +38,13 @@ __global__ void __launch_bounds__(CONV_STEP_THREADS) conv_step_kernel(const bmc_
     for (int k = 0; k + 1 < BMC_MAX_CONV - 1; k++)
         if (k + 1 < km1) hist[k] = h[k + 1];
     if (km1 > 0) hist[km1 - 1] = v;
-    const float u = bmc_silu(conv);
-    *x = u;
-    const T hi = bmc_from_float<T>(u);
-    *u16 = hi;
-    if (lo16) u16[lo16] = bmc_from_float<T>(u - bmc_to_float<T>(hi));
+    *x = bmc_silu(conv);
 }
 
 cudaError_t bmc_conv_step(const bmc_conv_step_args *a, cudaStream_t stream) {
     if (a->nb <= 0) return cudaSuccess;
     if (a->K < 1 || a->K > BMC_MAX_CONV || a->nb > 65535) return cudaErrorInvalidValue;
     const dim3 grid((a->di + CONV_STEP_THREADS - 1) / CONV_STEP_THREADS, a->nb);
-    if (a->act_type == BMC_F16)
-        conv_step_kernel<__half><<<grid, CONV_STEP_THREADS, 0, stream>>>(*a);
-    else
-        conv_step_kernel<__nv_bfloat16><<<grid, CONV_STEP_THREADS, 0, stream>>>(*a);
+    conv_step_kernel<<<grid, CONV_STEP_THREADS, 0, stream>>>(*a);
     return cudaGetLastError();
 }

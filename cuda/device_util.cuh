@@ -58,6 +58,16 @@ __device__ __forceinline__ uint4 bmc_load_stream(const uint4 *p) {
     return v;
 }
 
+/* A 4-byte copy from global to shared memory that does not hold a register
+ * (cp.async, sm_80 and later); !valid writes zero and reads nothing, but
+ * gmem must still be a valid address. bmc_cp_async_wait_all waits for all
+ * of the thread's copies (a __syncthreads after it shows them to the block). */
+__device__ __forceinline__ void bmc_cp_async4(void *smem, const void *gmem, bool valid) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(s), "l"(gmem), "r"(valid ? 4 : 0) : "memory");
+}
+__device__ __forceinline__ void bmc_cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
 /* Eight 16-bit weights packed in a uint4, as floats. */
 template <typename T> struct bmc_unpack;
 template <> struct bmc_unpack<__nv_bfloat16> {

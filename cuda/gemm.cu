@@ -47,7 +47,7 @@ void bmc_gemm_cache_free(bmc_gemm_cache *c) {
 }
 
 static cudaDataType_t data_type(int t) {
-    return t == BMC_F16 ? CUDA_R_16F : (t == BMC_GEMM_F32 || t == BMC_GEMM_F32_EXACT) ? CUDA_R_32F : CUDA_R_16BF;
+    return t == BMC_F16 ? CUDA_R_16F : t == BMC_GEMM_F32 ? CUDA_R_32F : CUDA_R_16BF;
 }
 
 #define LT_TRY(call, name)                                                                                     \
@@ -66,7 +66,6 @@ static int build_entry(cublasLtHandle_t lt, const gemm_key *key, size_t workspac
     cudaDataType_t in = data_type(key->x_type);
     cudaDataType_t out = key->y_kind == BMC_GEMM_OUT_F32 ? CUDA_R_32F : in;
     cublasComputeType_t compute = key->x_type == BMC_GEMM_F32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-    /* BMC_GEMM_F32_EXACT: CUBLAS_COMPUTE_32F on f32 operands is full f32 arithmetic */
     LT_TRY(cublasLtMatmulDescCreate(&e->op, compute, CUDA_R_32F), "cublasLtMatmulDescCreate");
     cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     LT_TRY(cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "set TRANSA");

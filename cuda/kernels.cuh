@@ -111,7 +111,6 @@ cudaError_t bmc_add_layernorm(const float *res, const float *h, int r0, int rows
  * f32 x and W in TF32 (x_type = BMC_GEMM_F32). y is f32 or 16-bit. The
  * heuristic's choice is cached per shape in `cache`. */
 #define BMC_GEMM_F32 2
-#define BMC_GEMM_F32_EXACT 3 /* f32 x and W in full f32 (no TF32) */
 #define BMC_GEMM_OUT_F32 0
 #define BMC_GEMM_OUT_16 1
 typedef struct bmc_gemm_cache bmc_gemm_cache;
@@ -250,49 +249,64 @@ cudaError_t bmc_scan_prefill(const bmc_scan_args *a, cudaStream_t stream);
 /* ---- scan_step.cu ---------------------------------------------------------- */
 typedef struct bmc_step_scan_args {
     int nb, di, R, N;
-    const float *xz;        /* [nb, 2*di]: u (already convolved, from the in_proj epilogue) then z */
-    const float *xdbl;      /* [nb, ldxdbl] */
+    const float *xz;        /* [nb, 2*di]: u (already convolved) then z */
+    const float *xdbl;      /* [nb, ldxdbl]: dt (R), B (N), C (N) */
     int ldxdbl;
     const void *dt_proj;    /* [di, R] 16-bit */
     const float *dt_bias, *A, *D;
-    float *const *state_ptrs;
-    long long ssm_offset;
-    float *y;               /* [nb, di] f32, or NULL when y16 is set */
-    const void *prefetch;   /* weights a later kernel reads, fetched into L2 now */
+    float *const *state_ptrs; /* [nb]; each state 16-byte aligned (cudaMalloc) */
+    long long ssm_offset;   /* floats from a state's start to this layer's ssm state; a multiple of 4 */
+    /* GEMV path (batch up to BMC_MAX_STEP_ROWS): y f32 [nb, di], PDL and an
+     * L2 prefetch of weights a later kernel reads */
+    float *y;
+    const void *prefetch;
     size_t prefetch_bytes;
-    /* Row path (many streams): delta before bias and softplus comes from a
-     * GEMM ([nb, di]) instead of the in-kernel dt_proj dot product, and y is
-     * written as 16-bit (y16, act_type) for the out_proj GEMM. A row whose
-     * state pointer is NULL is padding: its state is not touched and its y
-     * is zero. */
-    const float *delta_raw;
+    /* Row path (many streams; set y16, leave y NULL): y as 16-bit (act_type,
+     * the weights' type) for the out_proj GEMM, with y_lo_rows > 0 the
+     * remainder, 16-bit (y - hi), at row b + y_lo_rows. A row whose state pointer
+     * is NULL is padding: its state is not touched and its y is zero (both
+     * halves). No PDL. */
     void *y16;
     int act_type;
-    int y_lo_rows; /* > 0: y16 also gets bf16(y - hi) at row b + y_lo_rows */
+    int y_lo_rows;
 } bmc_step_scan_args;
 /* One token per stream: delta = softplus(dt_proj . dt + bias), the state
- * update, y = C . s + D u, gated by SiLU(z); each state entry read and
- * written once. */
+ * update s = exp(delta A) s + delta u B, y = C . s + D u, gated by SiLU(z);
+ * each state entry read and written once. GEMV path: 16 lanes per channel,
+ * one per state entry, one block row per stream. Row path: one thread per
+ * (stream, channel) holding the channel's 16 state entries (a warp moves
+ * 32 x 64 contiguous bytes of one stream's state), a block's dt_proj rows
+ * and its streams' dt, B, C in shared memory. */
 cudaError_t bmc_scan_step(const bmc_step_scan_args *a, int wtype, cudaStream_t stream, int pdl);
+
+/* ---- x_proj_rows.cu -------------------------------------------------------- */
+/* Row path: y[b, j] = sum_k W[j, k] u[b, k] for b < rows, j < n_out, k < K:
+ * f32 u (row stride ldu, 16-byte aligned rows: ldu % 4 == 0) times the
+ * 16-bit W [n_out, K] (wtype; 16-byte aligned, K % 8 == 0), f32 products and
+ * sums on the CUDA cores, in a fixed order (the same bits every run), f32 y
+ * (row stride ldy). One launch, no scratch: each block sums its tile of
+ * outputs over all of K. variant 0 lets the kernel choose its tile shape
+ * from the rows (a table measured on the H100), 1 .. BMC_X_PROJ_VARIANTS
+ * force one (harness). */
+#define BMC_X_PROJ_VARIANTS 7
+cudaError_t bmc_x_proj_rows(const float *u, int ldu, int rows, int K, const void *W, int wtype, int n_out, float *y,
+                            int ldy, int variant, cudaStream_t stream);
 
 /* ---- conv_step.cu ---------------------------------------------------------- */
 /* Row path: the causal conv of one token per stream. For row b < nb and
  * channel c < di: x = xz[b * ldxz + c] (in_proj output, bias included),
  * u = SiLU(conv_b[c] + sum_k w[c, k] hist[k] + w[c, K-1] x) with the
  * stream's conv history (state_ptrs[b] + conv_offset, [di, K-1] oldest
- * first), which then shifts in x. u replaces x in xz (f32, for the scan) and
- * is written as 16-bit to u16 [nb, di] (for x_proj). NULL state pointer:
- * padding, u = 0, no state touched. */
+ * first), which then shifts in x. u replaces x in xz (f32, for x_proj and
+ * the scan). NULL state pointer: padding, u = 0, no state touched. */
 typedef struct bmc_conv_step_args {
     int nb, di, K;
     float *xz;
     int ldxz;
     /* > 0: xz holds two partial products (the in_proj GEMM of the hi and lo
      * halves of its input), row b and row b + lo_rows: both x and z are
-     * summed into row b first; u16 gets hi at row b, lo at row b + lo_rows */
+     * summed into row b first */
     int lo_rows;
-    void *u16;
-    int act_type;
     float *const *state_ptrs;
     long long conv_offset;
     const float *conv_w, *conv_b;

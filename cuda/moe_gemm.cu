@@ -530,7 +530,7 @@ __global__ void __launch_bounds__(MS_THREADS, 2) moe_stream_kernel(const bmc_moe
  * The activations are loaded per 32-k part just before its MMAs (L1 hits
  * mostly: the warps of a block share an expert's), which keeps their
  * registers to NT uint4; a pass is at most MD_MAX_NT n-tiles for the same
- * reason. Not yet measured on a GPU: BM_CUDA_MOE_DIRECT_MAX enables it. */
+ * reason. It runs up to BM_CUDA_MOE_DIRECT_MAX rows per expert (default 2). */
 #define MD_KS 128 /* k per step: 256-byte pieces of each row */
 #define MD_MAX_NT 2 /* n-tiles per pass: 16 columns, the two halves of 8 rows (64 streams over 8 experts) */
 
@@ -634,21 +634,23 @@ static bool ms_fits(const bmc_moe_gemm_args *a) {
            (long long)(2 * a->max_rows + a->x_lo_rows) * a->ldx < 2147483647LL;
 }
 
-/* Up to how many rows per expert (on average) the streaming kernel runs:
- * BM_CUDA_MOE_STREAM_MAX (0: never), else 2: measured in the decode row path
- * (2.8B and 1.5B, 16 and 64 streams), it wins at 16 streams and loses at 64;
- * beyond 16 rows an expert also takes a second pass over its weights. */
+/* Up to how many rows per expert (on average) the ring streaming kernel
+ * runs, after the direct one: BM_CUDA_MOE_STREAM_MAX, else 0 (never; the
+ * direct kernel replaced it where it won, at 16 streams: docs/PERF.md). */
 static int ms_max_rows_per_expert(void) {
     const char *v = getenv("BM_CUDA_MOE_STREAM_MAX");
-    return v && *v ? atoi(v) : 2;
+    return v && *v ? atoi(v) : 0;
 }
 
 /* Up to how many rows per expert (on average) the direct kernel runs, ahead
- * of the streaming kernel and the tiles: BM_CUDA_MOE_DIRECT_MAX, else 0
- * (never) until it is measured on a GPU. */
+ * of the ring streaming kernel and the tiles: BM_CUDA_MOE_DIRECT_MAX, else 2.
+ * Measured in the decode row path on the H100 (2.8B): at 16 streams (2 per
+ * expert) 3.57 ms/step against 3.66 for the ring kernel; at 64 streams
+ * 5.57 against 4.37 for the tiles (more than 8 rows take extra passes over
+ * the weights). */
 static int md_max_rows_per_expert(void) {
     const char *v = getenv("BM_CUDA_MOE_DIRECT_MAX");
-    return v && *v ? atoi(v) : 0;
+    return v && *v ? atoi(v) : 2;
 }
 
 /* A streaming kernel on as many blocks as fit on the SMs at once, with smem

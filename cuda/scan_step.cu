@@ -1,8 +1,10 @@
 /* The decode step of a Mamba layer after in_proj and x_proj: dt_proj,
  * softplus, the state update, the C readout, the D skip and the SiLU(z)
  * gate, fused so that each fp32 state entry is read once and written once.
- * Sixteen lanes serve one channel, one lane per state entry; the dt_proj
- * dot product is split across the same lanes. */
+ * Two kernels: the GEMV path's (a few streams: sixteen lanes serve one
+ * channel, one lane per state entry, and the dt_proj dot product is split
+ * across the same lanes) and the row path's (many streams: one thread per
+ * stream and channel, below). */
 #include "device_util.cuh"
 #include "kernels.cuh"
 
@@ -18,16 +20,13 @@ __global__ void __launch_bounds__(STEP_THREADS) scan_step_kernel(const bmc_step_
     const int b = blockIdx.y;
     const bool live = ch < a.di;
     const int c = live ? ch : 0;
-    const bool rows = a.delta_raw != nullptr; /* the row path: delta from a GEMM */
     /* Weights first: they do not depend on the kernels before this one. */
     float w[MAX_DT_PER_LANE];
-    if (!rows) {
-        const T *wdt = reinterpret_cast<const T *>(a.dt_proj) + (size_t)c * a.R;
+    const T *wdt = reinterpret_cast<const T *>(a.dt_proj) + (size_t)c * a.R;
 #pragma unroll
-        for (int i = 0; i < MAX_DT_PER_LANE; i++) {
-            int r = n + i * BMC_D_STATE;
-            w[i] = r < a.R ? bmc_to_float<T>(wdt[r]) : 0.0f;
-        }
+    for (int i = 0; i < MAX_DT_PER_LANE; i++) {
+        int r = n + i * BMC_D_STATE;
+        w[i] = r < a.R ? bmc_to_float<T>(wdt[r]) : 0.0f;
     }
     const float A = a.A[(size_t)c * BMC_D_STATE + n], Dc = a.D[c], bias = a.dt_bias[c];
     if (threadIdx.x == 0)
@@ -35,27 +34,16 @@ __global__ void __launch_bounds__(STEP_THREADS) scan_step_kernel(const bmc_step_
     bmc_grid_wait();
 
     float *const sp = a.state_ptrs[b];
-    if (!sp) { /* padding row of a batch bucket: no state, y = 0 */
-        if (live && n == 0 && a.y16) {
-            reinterpret_cast<T *>(a.y16)[(size_t)b * a.di + c] = bmc_from_float<T>(0.0f);
-            if (a.y_lo_rows > 0)
-                reinterpret_cast<T *>(a.y16)[(size_t)(b + a.y_lo_rows) * a.di + c] = bmc_from_float<T>(0.0f);
-        }
-        return;
-    }
+    if (!sp) return;
     const float *xd = a.xdbl + (size_t)b * a.ldxdbl;
     float dt = 0.0f;
-    if (rows) {
-        dt = a.delta_raw[(size_t)b * a.di + c];
-    } else {
 #pragma unroll
-        for (int i = 0; i < MAX_DT_PER_LANE; i++) {
-            int r = n + i * BMC_D_STATE;
-            if (r < a.R) dt += w[i] * xd[r];
-        }
-#pragma unroll
-        for (int o = BMC_D_STATE / 2; o > 0; o >>= 1) dt += __shfl_xor_sync(0xffffffffu, dt, o, BMC_D_STATE);
+    for (int i = 0; i < MAX_DT_PER_LANE; i++) {
+        int r = n + i * BMC_D_STATE;
+        if (r < a.R) dt += w[i] * xd[r];
     }
+#pragma unroll
+    for (int o = BMC_D_STATE / 2; o > 0; o >>= 1) dt += __shfl_xor_sync(0xffffffffu, dt, o, BMC_D_STATE);
     const float delta = bmc_softplus(dt + bias);
     const float u = a.xz[(size_t)b * 2 * a.di + c], z = a.xz[(size_t)b * 2 * a.di + a.di + c];
     const float Bn = xd[a.R + n], Cn = xd[a.R + BMC_D_STATE + n];
@@ -66,98 +54,203 @@ __global__ void __launch_bounds__(STEP_THREADS) scan_step_kernel(const bmc_step_
     float y = s * Cn;
 #pragma unroll
     for (int o = BMC_D_STATE / 2; o > 0; o >>= 1) y += __shfl_xor_sync(0xffffffffu, y, o, BMC_D_STATE);
-    if (live && n == 0) {
-        const float out = (y + Dc * u) * bmc_silu(z);
-        if (a.y16) {
-            const T hi = bmc_from_float<T>(out);
-            reinterpret_cast<T *>(a.y16)[(size_t)b * a.di + c] = hi;
-            if (a.y_lo_rows > 0)
-                reinterpret_cast<T *>(a.y16)[(size_t)(b + a.y_lo_rows) * a.di + c] =
-                    bmc_from_float<T>(out - bmc_to_float<T>(hi));
-        } else {
-            a.y[(size_t)b * a.di + c] = out;
+    if (live && n == 0) a.y[(size_t)b * a.di + c] = (y + Dc * u) * bmc_silu(z);
+}
+
+/* The row path: one thread per (stream, channel). A block takes 32
+ * channels (one per lane) of SR_STREAMS streams (SR_SPT per warp); each
+ * thread holds its channel's 16 state entries of each of its streams as four
+ * float4, so a warp reads and writes 32 x 64 contiguous bytes of one
+ * stream's state and the C readout needs no shuffles. The state loads are
+ * issued first (they wait on the pointer, then on DRAM); while they are in
+ * flight the block puts its channels' dt_proj rows (as f32, one row per
+ * channel at an odd stride, so the 32 lanes reading one column hit 32
+ * banks) and its streams' dt, B and C (zero-padded to a multiple of 4) in
+ * shared memory. Each thread then forms dt for its streams from there: one
+ * weight read serves all SR_SPT streams, and a stream's values are a
+ * broadcast float4. Two streams per thread also share the channel's
+ * constants (A comes from L1 at its use: 16 fewer registers, 3 blocks of
+ * 256 threads per SM).
+ *
+ * Alignment of the float4 state accesses: every state is its own cudaMalloc
+ * (backend.cu, state_alloc: 256-byte aligned); the layer's ssm state starts
+ * bmi_state_ssm_offset = mi * di * (K - 1 + N) + di * (K - 1) floats in,
+ * a multiple of 4 because di % 8 == 0 (check_supported refuses other
+ * models), and bmc_scan_step checks ssm_offset % 4; the channel's entries
+ * are c * 16 floats further. A (in the weight pool, 256-byte aligned
+ * placements) likewise. */
+#define SR_WARPS 8
+#define SR_THREADS (SR_WARPS * 32)
+#define SR_SPT 2
+#define SR_STREAMS (SR_WARPS * SR_SPT)
+#define SR_CHANNELS 32
+#define SR_W_VECS (SR_CHANNELS * MAX_DT_PER_LANE * BMC_D_STATE / 8 / SR_THREADS) /* 16-byte dt_proj vectors per thread */
+
+/* Shared memory: w_dt [SR_CHANNELS][Rp + 1], then rows [SR_STREAMS][Rp + 2N]
+ * (dt zero-padded to Rp, B, C), both 16-byte aligned. */
+__host__ __device__ static inline int sr_r_padded(int R) { return (R + 3) & ~3; }
+__host__ __device__ static inline int sr_w_floats(int R) { return (SR_CHANNELS * (sr_r_padded(R) + 1) + 3) & ~3; }
+static size_t sr_smem_bytes(int R) {
+    return (size_t)(sr_w_floats(R) + SR_STREAMS * (sr_r_padded(R) + 2 * BMC_D_STATE)) * sizeof(float);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(SR_THREADS, 3) scan_rows_kernel(const bmc_step_scan_args a) {
+    extern __shared__ float4 sr_smem[];
+    const int R = a.R, Rp = sr_r_padded(R), ldw = Rp + 1, ldx = Rp + 2 * BMC_D_STATE;
+    float *const w_dt = reinterpret_cast<float *>(sr_smem);
+    float *const rows_x = w_dt + sr_w_floats(R);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int c0 = blockIdx.x * SR_CHANNELS, c = c0 + lane, b_first = blockIdx.y * SR_STREAMS + warp * SR_SPT;
+    const bool live = c < a.di;
+    const int cr = live ? c : c0; /* a channel whose constants exist */
+
+    float *sp[SR_SPT];
+    float4 s[SR_SPT][4];
+    float u[SR_SPT], z[SR_SPT];
+#pragma unroll
+    for (int j = 0; j < SR_SPT; j++) {
+        const int b = b_first + j;
+        sp[j] = b < a.nb ? a.state_ptrs[b] : nullptr;
+        u[j] = z[j] = 0.0f;
+#pragma unroll
+        for (int q = 0; q < 4; q++) s[j][q] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (sp[j] && live) {
+            /* streamed: the next read of this state is a step away, after every other layer's traffic */
+            const float4 *st = reinterpret_cast<const float4 *>(sp[j] + a.ssm_offset + (size_t)c * BMC_D_STATE);
+#pragma unroll
+            for (int q = 0; q < 4; q++) s[j][q] = __ldcs(st + q);
+            u[j] = a.xz[(size_t)b * 2 * a.di + c];
+            z[j] = a.xz[(size_t)b * 2 * a.di + a.di + c];
         }
+    }
+    const float4 *A = reinterpret_cast<const float4 *>(a.A + (size_t)cr * BMC_D_STATE); /* read at use: L1 */
+    const float Dc = a.D[cr], bias = a.dt_bias[cr];
+
+    /* Shared memory in one round trip to L2: the block's dt_proj rows lie
+     * back to back (n_ch R elements, n_ch % 8 == 0), so they come as 16-byte
+     * vectors, all loaded before any is converted and stored; the streams'
+     * dt, B and C by cp.async (4 bytes each: an xdbl row need not be 16-byte
+     * aligned), zeros for the padding. */
+    const int n_ch = min(SR_CHANNELS, a.di - c0), n_vec = n_ch * R / 8;
+    const uint4 *wv = reinterpret_cast<const uint4 *>(reinterpret_cast<const T *>(a.dt_proj) + (size_t)c0 * R);
+    for (int i = warp; i < SR_STREAMS; i += SR_WARPS) {
+        const int b = blockIdx.y * SR_STREAMS + i;
+        const float *xd = a.xdbl + (size_t)min(b, a.nb - 1) * a.ldxdbl;
+        for (int col = lane; col < ldx; col += 32) {
+            const bool valid = b < a.nb && (col < R || col >= Rp);
+            bmc_cp_async4(rows_x + i * ldx + col, xd + (!valid ? 0 : col < R ? col : R + col - Rp), valid);
+        }
+    }
+    uint4 raw[SR_W_VECS];
+#pragma unroll
+    for (int i = 0; i < SR_W_VECS; i++) {
+        const int v = threadIdx.x + i * SR_THREADS;
+        raw[i] = v < n_vec ? __ldg(wv + v) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int i = 0; i < SR_W_VECS; i++) {
+        const int v = threadIdx.x + i * SR_THREADS;
+        if (v >= n_vec) break;
+        float f[8];
+        bmc_unpack<T>::run(raw[i], f);
+        int ch = v * 8 / R, r = v * 8 - ch * R;
+#pragma unroll
+        for (int t = 0; t < 8; t++) {
+            w_dt[ch * ldw + r] = f[t];
+            if (++r == R) {
+                r = 0;
+                ch++;
+            }
+        }
+    }
+    if (Rp != R || n_ch < SR_CHANNELS) /* the dot products run over Rp columns of all 32 rows */
+        for (int i = threadIdx.x; i < SR_CHANNELS * Rp; i += SR_THREADS) {
+            const int ch = i / Rp, r = i - ch * Rp;
+            if (ch >= n_ch || r >= R) w_dt[ch * ldw + r] = 0.0f;
+        }
+    bmc_cp_async_wait_all();
+    __syncthreads();
+
+    const float *wc = w_dt + lane * ldw;
+    const float *xr = rows_x + warp * SR_SPT * ldx;
+    float dt[SR_SPT];
+#pragma unroll
+    for (int j = 0; j < SR_SPT; j++) dt[j] = 0.0f;
+#pragma unroll 4
+    for (int r = 0; r < Rp; r += 4) {
+        const float w0 = wc[r], w1 = wc[r + 1], w2 = wc[r + 2], w3 = wc[r + 3];
+#pragma unroll
+        for (int j = 0; j < SR_SPT; j++) {
+            const float4 x = *reinterpret_cast<const float4 *>(xr + j * ldx + r);
+            dt[j] = fmaf(w0, x.x, dt[j]);
+            dt[j] = fmaf(w1, x.y, dt[j]);
+            dt[j] = fmaf(w2, x.z, dt[j]);
+            dt[j] = fmaf(w3, x.w, dt[j]);
+        }
+    }
+
+    T *y16 = reinterpret_cast<T *>(a.y16);
+#pragma unroll
+    for (int j = 0; j < SR_SPT; j++) {
+        const int b = b_first + j;
+        if (b >= a.nb || !live) continue;
+        float out = 0.0f; /* padding rows (no state): y = 0 */
+        if (sp[j]) {
+            const float delta = bmc_softplus(dt[j] + bias), du = delta * u[j];
+            const float4 *Bq = reinterpret_cast<const float4 *>(xr + j * ldx + Rp), *Cq = Bq + BMC_D_STATE / 4;
+            float y = 0.0f;
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                const float4 Bv = Bq[q], Cv = Cq[q], Av = __ldg(A + q);
+                float4 &e = s[j][q];
+                e.x = expf(delta * Av.x) * e.x + du * Bv.x;
+                e.y = expf(delta * Av.y) * e.y + du * Bv.y;
+                e.z = expf(delta * Av.z) * e.z + du * Bv.z;
+                e.w = expf(delta * Av.w) * e.w + du * Bv.w;
+                y = fmaf(e.x, Cv.x, y);
+                y = fmaf(e.y, Cv.y, y);
+                y = fmaf(e.z, Cv.z, y);
+                y = fmaf(e.w, Cv.w, y);
+            }
+            float4 *st = reinterpret_cast<float4 *>(sp[j] + a.ssm_offset + (size_t)c * BMC_D_STATE);
+#pragma unroll
+            for (int q = 0; q < 4; q++) __stcs(st + q, s[j][q]);
+            out = (y + Dc * u[j]) * bmc_silu(z[j]);
+        }
+        const T hi = bmc_from_float<T>(out);
+        y16[(size_t)b * a.di + c] = hi;
+        if (a.y_lo_rows > 0) y16[(size_t)(b + a.y_lo_rows) * a.di + c] = bmc_from_float<T>(out - bmc_to_float<T>(hi));
     }
 }
 
-/* The row path (delta from a GEMM, 16-bit y halves). A block takes 16
- * channels (16 lanes each, one per state entry) for SCAN_ROWS streams. The
- * per-stream scalars of a channel (softplus of delta, u, SiLU(z), the state
- * pointer) are computed once, lane j for stream j of a group of 16, and
- * passed around by shuffles; the state entries of 4 streams are loaded
- * before any is updated, to keep several reads in flight. */
-#define SCAN_ROWS 16
-#define SCAN_GROUP 4
-template <typename T>
-__global__ void __launch_bounds__(STEP_THREADS) scan_rows_kernel(const bmc_step_scan_args a) {
-    const int n = threadIdx.x & (BMC_D_STATE - 1);
-    const int c = blockIdx.x * CHANNELS_PER_BLOCK + threadIdx.x / BMC_D_STATE;
-    if (c >= a.di) return; /* whole warps: di is a multiple of 8, a warp holds 2 channels */
-    const float A = a.A[(size_t)c * BMC_D_STATE + n], Dc = a.D[c], bias = a.dt_bias[c];
-    T *y16 = reinterpret_cast<T *>(a.y16);
-    const int b0 = blockIdx.y * SCAN_ROWS, b_end = min(a.nb, b0 + SCAN_ROWS);
-    /* lane n: stream b0 + n's scalars for this channel */
-    const int bn = b0 + n;
-    float *sp_n = bn < b_end ? a.state_ptrs[bn] : nullptr;
-    float delta_n = 0.0f, u_n = 0.0f, gz_n = 0.0f;
-    if (sp_n) {
-        delta_n = bmc_softplus(a.delta_raw[(size_t)bn * a.di + c] + bias);
-        u_n = a.xz[(size_t)bn * 2 * a.di + c];
-        gz_n = bmc_silu(a.xz[(size_t)bn * 2 * a.di + a.di + c]);
+template <typename T> static cudaError_t scan_rows_launch(const bmc_step_scan_args *a, cudaStream_t stream) {
+    const size_t smem = sr_smem_bytes(a->R);
+    if (smem > 48 * 1024) { /* dt_rank above ~200 */
+        const cudaError_t e =
+            cudaFuncSetAttribute(scan_rows_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e != cudaSuccess) return e;
     }
-    float y_n = 0.0f;
-    const int rows = b_end - b0;
-    for (int j0 = 0; j0 < rows; j0 += SCAN_GROUP) {
-        float *sp[SCAN_GROUP];
-        float s[SCAN_GROUP], Bn[SCAN_GROUP], Cn[SCAN_GROUP];
-#pragma unroll
-        for (int k = 0; k < SCAN_GROUP; k++) {
-            const int j = j0 + k;
-            sp[k] = (float *)__shfl_sync(0xffffffffu, (unsigned long long)sp_n, j & 15, BMC_D_STATE);
-            if (j >= rows) sp[k] = nullptr;
-            if (sp[k]) {
-                const float *xd = a.xdbl + (size_t)(b0 + j) * a.ldxdbl;
-                s[k] = sp[k][a.ssm_offset + (size_t)c * BMC_D_STATE + n];
-                Bn[k] = xd[a.R + n];
-                Cn[k] = xd[a.R + BMC_D_STATE + n];
-            }
-        }
-#pragma unroll
-        for (int k = 0; k < SCAN_GROUP; k++) {
-            const int j = j0 + k;
-            const float delta = __shfl_sync(0xffffffffu, delta_n, j & 15, BMC_D_STATE);
-            const float u = __shfl_sync(0xffffffffu, u_n, j & 15, BMC_D_STATE);
-            if (!sp[k]) continue; /* the same for the whole warp: both channels see the same streams */
-            const float st = expf(delta * A) * s[k] + delta * u * Bn[k];
-            sp[k][a.ssm_offset + (size_t)c * BMC_D_STATE + n] = st;
-            float y = st * Cn[k];
-#pragma unroll
-            for (int o = BMC_D_STATE / 2; o > 0; o >>= 1) y += __shfl_xor_sync(0xffffffffu, y, o, BMC_D_STATE);
-            if (n == j) y_n = y;
-        }
-    }
-    if (bn < b_end) { /* lane n writes stream bn's output; padding rows (no state) get y = 0 */
-        const float out = sp_n ? (y_n + Dc * u_n) * gz_n : 0.0f;
-        const T hi = bmc_from_float<T>(out);
-        y16[(size_t)bn * a.di + c] = hi;
-        if (a.y_lo_rows > 0) y16[(size_t)(bn + a.y_lo_rows) * a.di + c] = bmc_from_float<T>(out - bmc_to_float<T>(hi));
-    }
+    const dim3 grid((a->di + SR_CHANNELS - 1) / SR_CHANNELS, (a->nb + SR_STREAMS - 1) / SR_STREAMS);
+    scan_rows_kernel<T><<<grid, SR_THREADS, smem, stream>>>(*a);
+    return cudaGetLastError();
 }
 
 cudaError_t bmc_scan_step(const bmc_step_scan_args *a, int wtype, cudaStream_t stream, int pdl) {
-    if (a->delta_raw && a->y16 && a->act_type == wtype && a->N == BMC_D_STATE) {
-        const dim3 grid((a->di + CHANNELS_PER_BLOCK - 1) / CHANNELS_PER_BLOCK, (a->nb + SCAN_ROWS - 1) / SCAN_ROWS);
-        if (wtype == BMC_F16) scan_rows_kernel<__half><<<grid, STEP_THREADS, 0, stream>>>(*a);
-        else scan_rows_kernel<__nv_bfloat16><<<grid, STEP_THREADS, 0, stream>>>(*a);
-        return cudaGetLastError();
-    }
     if (a->nb <= 0) return cudaSuccess;
     if (a->N != BMC_D_STATE || a->R > MAX_DT_PER_LANE * BMC_D_STATE) return cudaErrorInvalidValue;
+    if (a->y16) {
+        if (a->y || a->act_type != wtype || a->di % 8 || a->ssm_offset % 4 ||
+            (a->nb + SR_STREAMS - 1) / SR_STREAMS > 65535)
+            return cudaErrorInvalidValue;
+        if (wtype == BMC_F16) return scan_rows_launch<__half>(a, stream);
+        return scan_rows_launch<__nv_bfloat16>(a, stream);
+    }
+    if (!a->y || a->nb > 65535) return cudaErrorInvalidValue;
     cudaLaunchAttribute attr;
     attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr.val.programmaticStreamSerializationAllowed = 1;
     cudaLaunchConfig_t cfg = {};
-    if (a->nb > 65535 || (a->y16 && a->act_type != wtype)) return cudaErrorInvalidValue;
     cfg.gridDim = dim3((a->di + CHANNELS_PER_BLOCK - 1) / CHANNELS_PER_BLOCK, a->nb);
     cfg.blockDim = dim3(STEP_THREADS);
     cfg.stream = stream;

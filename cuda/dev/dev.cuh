@@ -8,6 +8,7 @@
 #define BM_CUDA_DEV_CUH
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
@@ -84,6 +85,19 @@ static float dev_from_bf16(uint16_t h) {
     return f;
 }
 
+/* The 16-bit type `act` (BMC_BF16 or BMC_F16), round to nearest even. */
+static float dev_from16(uint16_t h, int act) {
+    if (act != BMC_F16) return dev_from_bf16(h);
+    __half_raw raw;
+    raw.x = h;
+    return __half2float(__half(raw));
+}
+static uint16_t dev_to16(float f, int act) {
+    if (act != BMC_F16) return dev_bf16(f);
+    __half_raw raw = __float2half_rn(f);
+    return raw.x;
+}
+
 template <typename T> static T *dev_upload(const T *host, size_t n) {
     T *d = NULL;
     DEV_CUDA(cudaMalloc((void **)&d, n * sizeof(T) + 16));
@@ -138,29 +152,30 @@ template <typename F> static double dev_time_us(int reps, F run) {
     return 1000.0 * t[reps / 2];
 }
 
-/* Median time in microseconds of one of `launches` back-to-back runs of
- * `run(j)` (j < launches), over `reps` event pairs each around all of them,
- * after one such loop as a warm-up: a kernel of a few microseconds would
- * otherwise be timed with its launch latency. */
-template <typename F> static double dev_time_loop_us(int reps, int launches, F run) {
+/* Microseconds per run when `per` runs of `run(i)` go back to back between
+ * one pair of events (each launch queued behind the last, so launch latency
+ * hides as it does in a graph): the median over `reps` such groups, after
+ * one group of warm-up. i counts every run (for rotating inputs). */
+template <typename F> static double dev_time_loop_us(int reps, int per, F run) {
     cudaEvent_t a, b;
     DEV_CUDA(cudaEventCreate(&a));
     DEV_CUDA(cudaEventCreate(&b));
-    for (int j = 0; j < launches; j++) run(j);
+    int i = 0;
+    for (int k = 0; k < per; k++) run(i++);
     float t[512];
     if (reps > 512) reps = 512;
-    for (int i = 0; i < reps; i++) {
+    for (int r = 0; r < reps; r++) {
         DEV_CUDA(cudaEventRecord(a));
-        for (int j = 0; j < launches; j++) run(j);
+        for (int k = 0; k < per; k++) run(i++);
         DEV_CUDA(cudaEventRecord(b));
         DEV_CUDA(cudaEventSynchronize(b));
-        DEV_CUDA(cudaEventElapsedTime(&t[i], a, b));
+        DEV_CUDA(cudaEventElapsedTime(&t[r], a, b));
     }
     DEV_CUDA(cudaGetLastError());
     qsort(t, (size_t)reps, sizeof t[0], dev_cmp_float);
     cudaEventDestroy(a);
     cudaEventDestroy(b);
-    return 1000.0 * t[reps / 2] / launches;
+    return 1000.0 * t[reps / 2] / per;
 }
 
 #endif

@@ -33,18 +33,6 @@
 static const int d = 1472;
 static unsigned *d_counter;
 
-static float from16(uint16_t u, int act) {
-    if (act != BMC_F16) return dev_from_bf16(u);
-    __half_raw raw;
-    raw.x = u;
-    return __half2float(__half(raw));
-}
-static uint16_t to16(float f, int act) {
-    if (act != BMC_F16) return dev_bf16(f);
-    __half_raw raw = __float2half_rn(f);
-    return raw.x;
-}
-
 struct route_case {
     int rows, n_live; /* n_live < 0: n_dev NULL, every row live */
     int E, act, with_a;
@@ -65,7 +53,7 @@ static void ref_norm(const float *x, int rows, const float *w, double *y) {
 static int halves_wrong(const uint16_t *h16, const float *y, int rows, int act) {
     int wrong = 0;
     for (size_t i = 0; i < (size_t)rows * d; i++) {
-        const uint16_t hi = to16(y[i], act), lo = to16(y[i] - from16(hi, act), act);
+        const uint16_t hi = dev_to16(y[i], act), lo = dev_to16(y[i] - dev_from16(hi, act), act);
         wrong += h16[i] != hi || h16[i + (size_t)rows * d] != lo;
     }
     return wrong;
@@ -547,7 +535,7 @@ static void run_form_case(const form_case &c) {
         for (int k = 0; k < d; k++) y[(size_t)t * d + k] = x[(size_t)t * d + k] * scale * w[k];
     }
     float *y_f = res_p; /* reused: hi + lo of the fused output */
-    for (size_t i = 0; i < rd; i++) y_f[i] = from16(o_f[i], c.act) + from16(o_f[rd + i], c.act);
+    for (size_t i = 0; i < rd; i++) y_f[i] = dev_from16(o_f[i], c.act) + dev_from16(o_f[rd + i], c.act);
     const double e_y = dev_rel_error(y_f, y, rd);
     DEV_CHECK(e_y < 1e-5, "%s: normalised rows (hi + lo) error %.3e", what, e_y);
 
