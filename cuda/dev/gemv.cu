@@ -84,43 +84,29 @@ int main(void) {
         }
         printf("%-22s", s.name);
         float *dy = dev_alloc_poisoned<float>(out_rows);
+        /* batch 1 over copy c of the weights (ksplit 0: bmc_gemv's choice; pdl: as in the step graph) */
+        auto run = [&](int c, int ks, int pdl) {
+            bmc_gemv_args a;
+            memset(&a, 0, sizeof a);
+            a.W = dw + wn * (c % copies);
+            a.rows = s.rows;
+            a.K = s.K;
+            a.nb = 1;
+            a.prologue = BMC_PRO_LOAD;
+            a.x = dx;
+            a.ldx = s.K;
+            a.epilogue = s.epilogue;
+            a.y = dy;
+            a.ldy = out_rows;
+            bmc_gemv(&a, BMC_BF16, ks, sms, 0, pdl);
+        };
         for (int ks = 1; ks <= 8; ks *= 2) {
-            double us = dev_time_us(50, [&](int i) {
-                bmc_gemv_args a;
-                memset(&a, 0, sizeof a);
-                a.W = dw + wn * (i % copies);
-                a.rows = s.rows;
-                a.K = s.K;
-                a.nb = 1;
-                a.prologue = BMC_PRO_LOAD;
-                a.x = dx;
-                a.ldx = s.K;
-                a.epilogue = s.epilogue;
-                a.y = dy;
-                a.ldy = out_rows;
-                bmc_gemv(&a, BMC_BF16, ks, sms, 0, 0);
-            });
+            double us = dev_time_us(50, [&](int i) { run(i, ks, 0); });
             printf(" %6.1f/%4.0f", us, wn * 2 / (us * 1e3));
         }
         { /* back to back with PDL, as in the step graph: 20 launches over
-           * different copies of the weights, per launch (ksplit chosen by bmc_gemv) */
-            double us = dev_time_us(20, [&](int) {
-                for (int j = 0; j < 20; j++) {
-                    bmc_gemv_args a;
-                    memset(&a, 0, sizeof a);
-                    a.W = dw + wn * (j % copies);
-                    a.rows = s.rows;
-                    a.K = s.K;
-                    a.nb = 1;
-                    a.prologue = BMC_PRO_LOAD;
-                    a.x = dx;
-                    a.ldx = s.K;
-                    a.epilogue = s.epilogue;
-                    a.y = dy;
-                    a.ldy = out_rows;
-                    bmc_gemv(&a, BMC_BF16, 0, sms, 0, 1);
-                }
-            }) / 20;
+           * different copies of the weights, per launch */
+            double us = dev_time_loop_us(20, 20, [&](int i) { run(i, 0, 1); });
             printf(" | chain %6.1f/%4.0f", us, wn * 2 / (us * 1e3));
         }
         printf("\n");
