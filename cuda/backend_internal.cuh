@@ -42,6 +42,28 @@ typedef struct dev_layer {
     const float *fc1_bias, *fc2_bias; /* [E, g*F], [E, d] or NULL */
 } dev_layer;
 
+/* The decode scan step of Mamba layer L for nb streams: its weights, shapes
+ * and state offset; the caller adds where y goes (f32 y, or y16 halves). */
+static inline bmc_step_scan_args bmc_layer_scan_args(const bmi_config *c, const dev_layer *L, int nb, const float *xz,
+                                                     const float *xdbl, float *const *state_ptrs) {
+    bmc_step_scan_args sa;
+    memset(&sa, 0, sizeof sa);
+    sa.nb = nb;
+    sa.di = c->d_inner;
+    sa.R = c->dt_rank;
+    sa.N = c->d_state;
+    sa.xz = xz;
+    sa.xdbl = xdbl;
+    sa.ldxdbl = c->dt_rank + 2 * c->d_state;
+    sa.dt_proj = L->mamba.dt_proj;
+    sa.dt_bias = L->mamba.dt_bias;
+    sa.A = L->mamba.A;
+    sa.D = L->mamba.D;
+    sa.state_ptrs = state_ptrs;
+    sa.ssm_offset = (long long)bmi_state_ssm_offset(c, L->mamba_index);
+    return sa;
+}
+
 typedef struct cuda_model {
     int device, wtype, sm_count, pdl, fuse_routing, l2_prefetch;
     /* Decode batches of at least this many streams take the row path

@@ -501,21 +501,7 @@ static cudaError_t enqueue_step(cuda_session *cs, const bm_model *m, int nb, int
             }
             if (!(skip & BMC_SKIP_X_PROJ) && (e = bmc_gemv(&a, wt, 0, sms, st, pdl))) return e;
 
-            bmc_step_scan_args sa;
-            memset(&sa, 0, sizeof sa);
-            sa.nb = nb;
-            sa.di = di;
-            sa.R = R;
-            sa.N = N;
-            sa.xz = cs->xz;
-            sa.xdbl = cs->xdbl;
-            sa.ldxdbl = xd;
-            sa.dt_proj = w->dt_proj;
-            sa.dt_bias = w->dt_bias;
-            sa.A = w->A;
-            sa.D = w->D;
-            sa.state_ptrs = cs->d_state_ptrs;
-            sa.ssm_offset = (long long)bmi_state_ssm_offset(c, L->mamba_index);
+            bmc_step_scan_args sa = bmc_layer_scan_args(c, L, nb, cs->xz, cs->xdbl, cs->d_state_ptrs);
             sa.y = cs->yg;
             if (!(skip & BMC_SKIP_SCAN) && (e = bmc_scan_step(&sa, wt, st, pdl))) return e;
 

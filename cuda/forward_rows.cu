@@ -307,21 +307,7 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
             RTRY(bmc_x_proj_rows(rs->xz, 2 * di, B, di, w->x_proj, wt, xd, rs->xdbl, xd, 0, st),
                  "x_proj");
             MARK(4);
-            bmc_step_scan_args sa;
-            memset(&sa, 0, sizeof sa);
-            sa.nb = B;
-            sa.di = di;
-            sa.R = R;
-            sa.N = N;
-            sa.xz = rs->xz;
-            sa.xdbl = rs->xdbl;
-            sa.ldxdbl = xd;
-            sa.dt_proj = w->dt_proj;
-            sa.dt_bias = w->dt_bias;
-            sa.A = w->A;
-            sa.D = w->D;
-            sa.state_ptrs = rs->state_ptrs;
-            sa.ssm_offset = (long long)bmi_state_ssm_offset(c, L->mamba_index);
+            bmc_step_scan_args sa = bmc_layer_scan_args(c, L, B, rs->xz, rs->xdbl, rs->state_ptrs);
             sa.y16 = rs->y16;
             sa.act_type = wt;
             sa.y_lo_rows = B;

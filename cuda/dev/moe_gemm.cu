@@ -128,22 +128,30 @@ static void check_case(int E, int rows, int K, int N, const int *counts, int spl
         }
         free(mh2); free(mf2); cudaFree(d_m2);
     }
+    /* fc2 over the experts' rows (store, add or split-K parts follow per case) */
+    auto fc2_args = [&](int mode, int variant) {
+        bmc_moe_gemm_args f;
+        memset(&f, 0, sizeof f);
+        f.mode = mode;
+        f.N = K;
+        f.K = N;
+        f.E = E;
+        f.max_rows = rows;
+        f.X = d_m;
+        f.ldx = N;
+        f.W = d_w2;
+        f.expert_stride = (long long)K * N;
+        f.expert_start = d_start;
+        f.x_lo_rows = split ? rows : 0;
+        f.variant = variant;
+        return f;
+    };
     /* fc2 from the GPU's own m (bf16), store then add: tiles, then the ring and the direct weight streams */
     const int scatter_variants[3] = {0, 10, 12};
     for (int run = 0; run < 6; run++) {
         const int add = run & 1, variant = scatter_variants[run >> 1];
         float *d_y = add ? dev_upload(y0, (size_t)rows * K) : dev_alloc_poisoned<float>((size_t)rows * K);
-        memset(&a, 0, sizeof a);
-        a.mode = BMC_MOE_SCATTER;
-        a.N = K;
-        a.K = N;
-        a.E = E;
-        a.max_rows = rows;
-        a.X = d_m;
-        a.ldx = N;
-        a.W = d_w2;
-        a.expert_stride = (long long)K * N;
-        a.expert_start = d_start;
+        a = fc2_args(BMC_MOE_SCATTER, variant);
         a.bias = d_b2;
         a.bias_stride = K;
         a.y = d_y;
@@ -151,8 +159,6 @@ static void check_case(int E, int rows, int K, int N, const int *counts, int spl
         a.y_rows = d_order;
         a.gates = d_g;
         a.add = add;
-        a.variant = variant;
-        a.x_lo_rows = split ? rows : 0;
         DEV_CUDA(bmc_moe_gemm(&a, BMC_BF16, 0));
         DEV_CUDA(cudaDeviceSynchronize());
         float *yh = (float *)malloc((size_t)rows * K * 4);
@@ -174,22 +180,10 @@ static void check_case(int E, int rows, int K, int N, const int *counts, int spl
         d_expert_of = dev_upload(expert_of, rows);
         int nrows = rows, *d_n = dev_upload(&nrows, 1);
         float *d_part = dev_alloc_poisoned<float>((size_t)3 * rows * K), *d_y = dev_alloc_poisoned<float>((size_t)rows * K);
-        memset(&a, 0, sizeof a);
-        a.mode = BMC_MOE_PARTIAL;
+        a = fc2_args(BMC_MOE_PARTIAL, variant);
         a.k_split = 3;
-        a.N = K;
-        a.K = N;
-        a.E = E;
-        a.max_rows = rows;
-        a.X = d_m;
-        a.ldx = N;
-        a.W = d_w2;
-        a.expert_stride = (long long)K * N;
-        a.expert_start = d_start;
         a.y = d_part;
         a.ldy = K;
-        a.x_lo_rows = split ? rows : 0;
-        a.variant = variant;
         DEV_CUDA(bmc_moe_gemm(&a, BMC_BF16, 0));
         DEV_CUDA(bmc_scatter_parts(d_part, 3, (long long)rows * K, d_n, d_order, d_g, d_b2, d_expert_of, rows, K, 0, d_y, 0));
         DEV_CUDA(cudaDeviceSynchronize());

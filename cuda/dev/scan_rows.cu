@@ -60,6 +60,45 @@ static void free_inputs(scan_inputs *in) {
     free(in->xz); free(in->xdbl); free(in->A); free(in->D); free(in->bias); free(in->w);
 }
 
+/* The inputs on the device, and the scan's arguments over them for the
+ * streams' states (ssm_offset 0: the caller places the layer). */
+struct scan_device {
+    float *xz, *xdbl, *A, *D, *bias;
+    uint16_t *w;
+};
+
+static bmc_step_scan_args upload_inputs(const scan_inputs &in, scan_device *dv, float **d_states, void *y16,
+                                        int y_lo_rows, int act) {
+    dv->xz = dev_upload(in.xz, (size_t)in.nb * 2 * in.di);
+    dv->xdbl = dev_upload(in.xdbl, (size_t)in.nb * in.xd);
+    dv->A = dev_upload(in.A, (size_t)in.di * NS);
+    dv->D = dev_upload(in.D, in.di);
+    dv->bias = dev_upload(in.bias, in.di);
+    dv->w = dev_upload(in.w, (size_t)in.di * in.R);
+    bmc_step_scan_args a;
+    memset(&a, 0, sizeof a);
+    a.nb = in.nb;
+    a.di = in.di;
+    a.R = in.R;
+    a.N = NS;
+    a.xz = dv->xz;
+    a.xdbl = dv->xdbl;
+    a.ldxdbl = in.xd;
+    a.dt_proj = dv->w;
+    a.dt_bias = dv->bias;
+    a.A = dv->A;
+    a.D = dv->D;
+    a.state_ptrs = d_states;
+    a.y16 = y16;
+    a.act_type = act;
+    a.y_lo_rows = y_lo_rows;
+    return a;
+}
+
+static void free_device(scan_device *dv) {
+    cudaFree(dv->xz); cudaFree(dv->xdbl); cudaFree(dv->A); cudaFree(dv->D); cudaFree(dv->bias); cudaFree(dv->w);
+}
+
 static void run_case(const scan_case &c) {
     const int nb = c.nb, di = c.di, R = c.R, act = c.act;
     char what[96];
@@ -93,30 +132,12 @@ static void run_case(const scan_case &c) {
             y_ref[(size_t)b * di + c2] = (y + in.D[c2] * u) * silu(in.xz[(size_t)b * 2 * di + di + c2]);
         }
 
-    float *d_xz = dev_upload(in.xz, (size_t)nb * 2 * di), *d_xdbl = dev_upload(in.xdbl, (size_t)nb * xd);
-    float *d_A = dev_upload(in.A, (size_t)di * NS), *d_D = dev_upload(in.D, di), *d_bias = dev_upload(in.bias, di);
-    uint16_t *d_w = dev_upload(in.w, (size_t)di * R);
     /* y16: hi rows [0, nb), lo rows [nb + 1, 2 nb + 1); row nb and the last stay poisoned */
     const int lo_rows = nb + 1, y_rows = 2 * nb + 2;
     uint16_t *d_y16 = dev_alloc_poisoned<uint16_t>((size_t)y_rows * di);
-    bmc_step_scan_args a;
-    memset(&a, 0, sizeof a);
-    a.nb = nb;
-    a.di = di;
-    a.R = R;
-    a.N = NS;
-    a.xz = d_xz;
-    a.xdbl = d_xdbl;
-    a.ldxdbl = xd;
-    a.dt_proj = d_w;
-    a.dt_bias = d_bias;
-    a.A = d_A;
-    a.D = d_D;
-    a.state_ptrs = d_states;
+    scan_device dv;
+    bmc_step_scan_args a = upload_inputs(in, &dv, d_states, d_y16, lo_rows, act);
     a.ssm_offset = ssm_off;
-    a.y16 = d_y16;
-    a.act_type = act;
-    a.y_lo_rows = lo_rows;
     DEV_CUDA(bmc_scan_step(&a, act, 0, 0));
     DEV_CUDA(cudaDeviceSynchronize());
 
@@ -162,8 +183,8 @@ static void run_case(const scan_case &c) {
     DEV_CHECK(unwritten_ok, "%s: rows past the streams written", what);
 
     for (int b = 0; b < nb; b++) cudaFree(states_h[b]);
-    cudaFree(d_states); cudaFree(d_xz); cudaFree(d_xdbl); cudaFree(d_A); cudaFree(d_D); cudaFree(d_bias);
-    cudaFree(d_w); cudaFree(d_y16);
+    cudaFree(d_states); cudaFree(d_y16);
+    free_device(&dv);
     free_inputs(&in);
     free(st); free(states_h); free(y_ref); free(s_ref); free(y16); free(s); free(y); free(whole);
     free(sref_live); free(yref_live);
@@ -196,27 +217,9 @@ static void time_streams(int nb, double copy) {
     float **states_h = (float **)malloc(nb * sizeof(float *));
     for (int b = 0; b < nb; b++) states_h[b] = dev_upload(st, layer_floats * layers);
     float **d_states = dev_upload(states_h, nb);
-    float *d_xz = dev_upload(in.xz, (size_t)nb * 2 * di), *d_xdbl = dev_upload(in.xdbl, (size_t)nb * xd);
-    float *d_A = dev_upload(in.A, (size_t)di * NS), *d_D = dev_upload(in.D, di), *d_bias = dev_upload(in.bias, di);
-    uint16_t *d_w = dev_upload(in.w, (size_t)di * R);
     uint16_t *d_y16 = dev_alloc_poisoned<uint16_t>((size_t)2 * nb * di);
-    bmc_step_scan_args a;
-    memset(&a, 0, sizeof a);
-    a.nb = nb;
-    a.di = di;
-    a.R = R;
-    a.N = NS;
-    a.xz = d_xz;
-    a.xdbl = d_xdbl;
-    a.ldxdbl = xd;
-    a.dt_proj = d_w;
-    a.dt_bias = d_bias;
-    a.A = d_A;
-    a.D = d_D;
-    a.state_ptrs = d_states;
-    a.y16 = d_y16;
-    a.act_type = BMC_BF16;
-    a.y_lo_rows = nb;
+    scan_device dv;
+    bmc_step_scan_args a = upload_inputs(in, &dv, d_states, d_y16, nb, BMC_BF16);
     const double us = dev_time_loop_us(30, 20, [&](int i) {
         a.ssm_offset = (long long)(i % layers) * (long long)layer_floats;
         bmc_scan_step(&a, BMC_BF16, 0, 0);
@@ -228,8 +231,8 @@ static void time_streams(int nb, double copy) {
            "of the copy rate (floor %.2f us)\n",
            nb, us, state / 1e6, other / 1e6, (state + other) / (us * 1e3), 100.0 * floor_us / us, floor_us);
     for (int b = 0; b < nb; b++) cudaFree(states_h[b]);
-    cudaFree(d_states); cudaFree(d_xz); cudaFree(d_xdbl); cudaFree(d_A); cudaFree(d_D); cudaFree(d_bias);
-    cudaFree(d_w); cudaFree(d_y16);
+    cudaFree(d_states); cudaFree(d_y16);
+    free_device(&dv);
     free_inputs(&in);
     free(st); free(states_h);
 }
