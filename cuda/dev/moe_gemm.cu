@@ -2,13 +2,24 @@
  * against a double CPU version: fc1 with the gated GELU (rows read through a
  * permutation, bf16 output) and fc2 with the gate-scaled scatter (store and
  * add), on uneven expert groups (an empty expert, one of more than a tile of
- * rows) and K, N off the tile sizes, with the tiles and both weight-streaming
- * kernels (ring, direct); then its time on the 2.8B expert shapes
- * at 16 to 1024 rows spread over 8 experts, with the bytes it must read
- * (each expert's weights once) and its FLOP rate. */
+ * rows) and K, N off the tile sizes, with the tiles and the weight-streaming
+ * kernels (ring, direct); then its time on the
+ * 2.8B expert shapes at 16 to 1024 rows over 8 experts, spread evenly and
+ * routed at random, with the bandwidth of the bytes it must read (each
+ * expert's weights once). */
 #include "dev.cuh"
 
 static double gelu(double x) { return 0.5 * x * (1 + erf(x / sqrt(2.0))); }
+
+/* The kernel a variant forces (bmc_moe_gemm_args.variant), for the checks' lines. */
+static const char *stream_name(int variant) {
+    switch (variant) {
+    case 0: return "automatic choice";
+    case 10: return "weight-streaming kernel (ring)";
+    case 12: return "direct weight stream";
+    default: return "tiles";
+    }
+}
 
 static void check_case(int E, int rows, int K, int N, const int *counts, int split) {
     /* inputs, bf16-rounded on the host so the reference sees what the GPU sees */
@@ -114,7 +125,7 @@ static void check_case(int E, int rows, int K, int N, const int *counts, int spl
         double e9 = dev_rel_error(mf2, m_ref, (size_t)rows * N);
         printf("  fc1, 64x128 tiles in a 2-stage pipeline: rel err %.2e\n", e9);
         DEV_CHECK(e9 < (split ? 1e-4 : 1e-2), "fc1 2-stage rel err %.3e", e9);
-        for (int v = 10; v <= 12; v += 2) { /* the weight-streaming kernels: ring (10) and direct (12) */
+        for (int v : {10, 12}) { /* the weight-streaming kernels: ring (10) and direct (12) */
             DEV_CUDA(cudaMemset(d_m2, 0xff, (size_t)2 * rows * N * 2));
             b.variant = v;
             DEV_CUDA(bmc_moe_gemm(&b, BMC_BF16, 0));
@@ -123,7 +134,7 @@ static void check_case(int E, int rows, int K, int N, const int *counts, int spl
             for (size_t i = 0; i < (size_t)rows * N; i++)
                 mf2[i] = dev_from_bf16(mh2[i]) + (split ? dev_from_bf16(mh2[(size_t)rows * N + i]) : 0.0f);
             double ev = dev_rel_error(mf2, m_ref, (size_t)rows * N);
-            printf("  fc1, weight-streaming kernel (%s): rel err %.2e\n", v == 10 ? "ring" : "direct", ev);
+            printf("  fc1, weight-streaming kernel (%s): rel err %.2e\n", stream_name(v), ev);
             DEV_CHECK(ev < (split ? 1e-4 : 1e-2), "fc1 streaming variant %d rel err %.3e", v, ev);
         }
         free(mh2); free(mf2); cudaFree(d_m2);
@@ -164,9 +175,8 @@ static void check_case(int E, int rows, int K, int N, const int *counts, int spl
         float *yh = (float *)malloc((size_t)rows * K * 4);
         dev_download(yh, d_y, (size_t)rows * K);
         double e2 = dev_rel_error(yh, add ? y_add : y_ref, (size_t)rows * K);
-        printf("  fc2 scatter (%s)%s%s, E %d rows %d: rel err %.2e\n", add ? "add" : "store", split ? " (two halves)" : "",
-               variant == 10 ? ", weight-streaming kernel (ring)" : variant == 12 ? ", weight-streaming kernel (direct)" : "",
-               E, rows, e2);
+        printf("  fc2 scatter (%s)%s, %s, E %d rows %d: rel err %.2e\n", add ? "add" : "store", split ? " (two halves)" : "",
+               stream_name(variant), E, rows, e2);
         DEV_CHECK(e2 < 1e-4, "fc2 variant %d rel err %.3e", variant, e2);
         free(yh);
         cudaFree(d_y);
@@ -190,10 +200,8 @@ static void check_case(int E, int rows, int K, int N, const int *counts, int spl
         float *yh = (float *)malloc((size_t)rows * K * 4);
         dev_download(yh, d_y, (size_t)rows * K);
         double e3 = dev_rel_error(yh, y_ref, (size_t)rows * K);
-        printf("  fc2 split over K in 3 + scatter of the parts%s%s, E %d rows %d: rel err %.2e\n",
-               split ? " (two halves)" : "",
-               variant == 10 ? ", weight-streaming kernel (ring)" : variant == 12 ? ", weight-streaming kernel (direct)" : "",
-               E, rows, e3);
+        printf("  fc2 split over K in 3 + scatter of the parts%s, %s, E %d rows %d: rel err %.2e\n",
+               split ? " (two halves)" : "", stream_name(variant), E, rows, e3);
         DEV_CHECK(e3 < 1e-4, "fc2 split variant %d rel err %.3e", variant, e3);
         free(yh); free(expert_of);
         cudaFree(d_part); cudaFree(d_y); cudaFree(d_n); cudaFree(d_expert_of);
@@ -257,26 +265,32 @@ int main(void) {
     for (size_t i = 0; i < w1n; i++) w1h[i] = dev_bf16((float)(0.05 * dev_uniform()));
     uint16_t *d_w1 = dev_upload(w1h, w1n), *d_w2 = dev_upload(w1h, w2n);
     free(w1h);
-    /* every tile shape (variant 1..8, 0 = the automatic choice) at each row count */
-    static const char *const shapes[14] = {"auto",     "16x128/4", "16x64/4", "16x32/4", "32x128/4", "32x64/4", "64x128/3",
-                                           "64x64/3",  "16x64/6",  "64x128/2", "stream",  "W only",   "direct",  "D W only"};
-    printf("  2.8B experts, inputs in two halves: fc1 / fc2 us per tile shape (TMxTN/stages; stream, direct: the\n"
-           "  weight-streaming kernels through a shared-memory ring and straight into registers; W only: their weight\n"
-           "  loads alone), the auto choice's GB/s and TFLOP/s, fc2 split over K + scatter (tiles, stream, direct), and\n"
-           "  the GB/s of each streaming kernel's fc1 + split fc2\n");
-    printf("  %-6s", "rows");
-    for (int v = 0; v < 14; v++) printf(" %11s", shapes[v]);
-    printf(" %8s %8s %14s %14s %14s %8s %8s\n", "GB/s", "TFLOP/s", "fc2 split+sc", "stream sp+sc", "direct sp+sc",
-           "str GB/s", "dir GB/s");
+    /* every variant (0 = the automatic choice) at each row count, the rows spread evenly over the experts
+     * and as a step routes them (each row to an expert drawn at random: uneven groups, more passes) */
+    enum { NV = 14 };
+    static const char *const shapes[NV] = {"auto",     "16x128/4", "16x64/4", "16x32/4", "32x128/4", "32x64/4", "64x128/3",
+                                           "64x64/3",  "16x64/6",  "64x128/2", "stream",  "S W only", "direct",  "D W only"};
+    printf("  2.8B experts, inputs in two halves: fc1 / fc2 us per variant (tiles TMxTN/stages; stream: the ring\n"
+           "  weight stream; direct: the direct weight stream; W only: a streaming kernel's weight loads alone),\n"
+           "  the auto choice's GB/s, then fc2 split over K + scatter as the row path runs it with the tiles and each\n"
+           "  streaming kernel, and the GB/s of each streaming kernel's fc1 + split fc2. Rows \"Nr<=M\": each row\n"
+           "  routed to an expert at random, as a step's routing spreads them (M: the fullest expert's rows)\n");
+    printf("  %-9s", "rows");
+    for (int v = 0; v < NV; v++) printf(" %9s", shapes[v]);
+    printf(" %6s | %-5s %6s %6s %6s | %6s %6s\n", "GB/s", "split", "tiles", "stream", "direct", "stream", "direct");
     const int row_counts[5] = {16, 64, 128, 256, 1024};
-    for (int ri = 0; ri < 5; ri++) {
-        const int rows = row_counts[ri];
+    for (int run = 0; run < 10; run++) {
+        const int rows = row_counts[run / 2], routed = run & 1;
         uint16_t *xh = (uint16_t *)malloc((size_t)2 * rows * F * 2);
         for (size_t i = 0; i < (size_t)2 * rows * F; i++) xh[i] = dev_bf16((float)dev_uniform());
         uint16_t *d_x = dev_upload(xh, (size_t)2 * rows * F), *d_m = dev_alloc_poisoned<uint16_t>((size_t)2 * rows * F);
         float *d_y = dev_alloc_poisoned<float>((size_t)rows * d), *gates = (float *)malloc(rows * 4);
-        int start[9], *order = (int *)malloc(rows * 4);
-        for (int e = 0; e <= E; e++) start[e] = rows * e / E;
+        int start[9], count[8] = {0}, *order = (int *)malloc(rows * 4);
+        for (int i = 0; i < rows; i++) count[routed ? (int)((dev_uniform() + 1) * 4) & 7 : i * E / rows]++;
+        start[0] = 0;
+        for (int e = 0; e < E; e++) start[e + 1] = start[e] + count[e];
+        int most = 0;
+        for (int e = 0; e < E; e++) most = count[e] > most ? count[e] : most;
         for (int i = 0; i < rows; i++) order[i] = i, gates[i] = 0.5f;
         int *d_start = dev_upload(start, 9), *d_order = dev_upload(order, rows);
         float *d_g = dev_upload(gates, rows);
@@ -289,47 +303,45 @@ int main(void) {
         a2.mode = BMC_MOE_SCATTER; a2.N = d; a2.K = F; a2.E = E; a2.max_rows = rows; a2.X = d_x; a2.ldx = F;
         a2.W = d_w2; a2.expert_stride = (long long)d * F; a2.expert_start = d_start; a2.y = d_y; a2.ldy = d;
         a2.y_rows = d_order; a2.gates = d_g; a2.x_lo_rows = rows;
-        printf("  %-6d", rows);
-        double t_auto = 0;
-        double t_stream = 0, t_direct = 0;
-        for (int v = 0; v < 14; v++) {
+        char label[24];
+        if (routed) snprintf(label, sizeof label, "%dr<=%d", rows, most);
+        else snprintf(label, sizeof label, "%d", rows);
+        printf("  %-9s", label);
+        double t_auto = 0, t_fc1[NV];
+        for (int v = 0; v < NV; v++) {
             a1.variant = a2.variant = v;
             double t1 = dev_time_us(15, [&](int) { DEV_CUDA(bmc_moe_gemm(&a1, BMC_BF16, 0)); });
             double t2 = dev_time_us(15, [&](int) { DEV_CUDA(bmc_moe_gemm(&a2, BMC_BF16, 0)); });
             if (v == 0) t_auto = t1 + t2;
-            if (v == 10) t_stream = t1;
-            if (v == 12) t_direct = t1;
+            t_fc1[v] = t1;
             char cell[32];
             snprintf(cell, sizeof cell, "%.0f/%.0f", t1, t2);
-            printf(" %11s", cell);
+            printf(" %9s", cell);
         }
-        const double bytes = (w1n + w2n) * 2.0, flops = 2.0 * rows * (2.0 * F * d + (double)d * F);
+        const double bytes = (w1n + w2n) * 2.0;
         /* fc2 as the row path runs it: split over K, then the parts scattered */
         const int split = bmc_moe_fc2_split(rows);
         float *d_part = dev_alloc_poisoned<float>((size_t)split * rows * d);
         int *d_n = dev_upload(&rows, 1);
         bmc_moe_gemm_args a3 = a2;
-        a3.variant = 0;
         a3.mode = BMC_MOE_PARTIAL;
         a3.k_split = split;
         a3.y = d_part;
-        const double t3 = dev_time_us(15, [&](int) {
-            DEV_CUDA(bmc_moe_gemm(&a3, BMC_BF16, 0));
-            DEV_CUDA(bmc_scatter_parts(d_part, split, (long long)rows * d, d_n, d_order, d_g, NULL, NULL, rows, d, 0, d_y, 0));
-        });
-        double t4[2];
-        for (int i = 0; i < 2; i++) { /* the ring (10), then the direct (12) streaming kernel */
-            a3.variant = 10 + 2 * i;
-            t4[i] = dev_time_us(15, [&](int) {
+        const int split_variants[3] = {0, 10, 12};
+        double t_split[3];
+        for (int i = 0; i < 3; i++) {
+            a3.variant = split_variants[i];
+            t_split[i] = dev_time_us(15, [&](int) {
                 DEV_CUDA(bmc_moe_gemm(&a3, BMC_BF16, 0));
                 DEV_CUDA(bmc_scatter_parts(d_part, split, (long long)rows * d, d_n, d_order, d_g, NULL, NULL, rows, d, 0, d_y, 0));
             });
         }
-        t_stream += t4[0]; /* fc1 + fc2 as the row path would run them with each streaming kernel */
-        t_direct += t4[1];
-        printf(" %8.0f %8.1f %10.0f (%d) %10.0f (%d) %10.0f (%d) %8.0f %8.0f\n", bytes / (t_auto * 1e-6) / 1e9,
-               flops / (t_auto * 1e-6) / 1e12, t3, split, t4[0], split, t4[1], split, bytes / (t_stream * 1e-6) / 1e9,
-               bytes / (t_direct * 1e-6) / 1e9);
+        printf(" %6.0f | %-5d", bytes / (t_auto * 1e-6) / 1e9, split);
+        for (int i = 0; i < 3; i++) printf(" %6.0f", t_split[i]);
+        printf(" |");
+        for (int i = 1; i < 3; i++) /* fc1 + fc2 as the row path would run them with each streaming kernel */
+            printf(" %6.0f", bytes / ((t_fc1[split_variants[i]] + t_split[i]) * 1e-6) / 1e9);
+        printf("\n");
         cudaFree(d_part);
         cudaFree(d_n);
         free(xh); free(gates); free(order);
