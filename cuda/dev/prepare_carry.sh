@@ -10,7 +10,11 @@ SHARED=${2:-../shared}
 rm -rf .carry/bin .carry/lib .carry/fixtures
 mkdir -p .carry/bin/dev .carry/lib .carry/fixtures
 for f in test_cuda_backend test_cuda_batch test_cuda_sample test_cuda_oom bm-bench; do strip -o .carry/bin/$f "$BUILD/$f"; done
-for f in "$BUILD"/dev/*; do strip -o .carry/bin/dev/$(basename "$f") "$f"; done
+# only harnesses whose source is still here: a BUILD made before one was
+# removed or merged keeps its binary, which device_run.sh would run
+for f in "$BUILD"/dev/*; do
+    if [ -f "cuda/dev/$(basename "$f").cu" ]; then strip -o .carry/bin/dev/$(basename "$f") "$f"; fi
+done
 for l in libyaml-0.so.2 libjansson.so.4 libutf8proc.so.2; do
     cp -L "$(ldconfig -p | awk -v l=$l '$1 == l { print $NF; exit }')" .carry/lib/
 done
