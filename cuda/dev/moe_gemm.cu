@@ -15,6 +15,7 @@ static double gelu(double x) { return 0.5 * x * (1 + erf(x / sqrt(2.0))); }
 static const char *stream_name(int variant) {
     switch (variant) {
     case 0: return "automatic choice";
+    case 9: return "64x128 tiles in a 2-stage pipeline";
     case 10: return "weight-streaming kernel (ring)";
     case 12: return "direct weight stream";
     default: return "tiles";
@@ -103,41 +104,32 @@ static void check_case(int E, int rows, int K, int N, const int *counts, int spl
     DEV_CUDA(cudaDeviceSynchronize());
     uint16_t *mh = (uint16_t *)malloc((size_t)2 * rows * N * 2);
     float *mf = (float *)malloc((size_t)rows * N * 4);
-    dev_download(mh, d_m, (size_t)(split ? 2 : 1) * rows * N);
-    for (size_t i = 0; i < (size_t)rows * N; i++)
-        mf[i] = dev_from_bf16(mh[i]) + (split ? dev_from_bf16(mh[(size_t)rows * N + i]) : 0.0f);
-    double e1 = dev_rel_error(mf, m_ref, (size_t)rows * N);
+    auto fc1_error = [&](const uint16_t *d_out) { /* the output's halves summed, against the reference */
+        dev_download(mh, d_out, (size_t)(split ? 2 : 1) * rows * N);
+        for (size_t i = 0; i < (size_t)rows * N; i++)
+            mf[i] = dev_from_bf16(mh[i]) + (split ? dev_from_bf16(mh[(size_t)rows * N + i]) : 0.0f);
+        return dev_rel_error(mf, m_ref, (size_t)rows * N);
+    };
+    double e1 = fc1_error(d_m);
     printf("  fc1 gated GELU%s, E %d rows %d K %d N %d: rel err %.2e\n", split ? " (f32 input as two halves)" : "", E,
            rows, K, N, e1);
     DEV_CHECK(e1 < (split ? 1e-4 : 1e-2), "fc1 rel err %.3e", e1);
-    { /* the two-stage pipeline that devices with less shared memory (sm_86, sm_89) fall back to */
+    {
+        /* the two-stage pipeline that devices with less shared memory (sm_86, sm_89) fall back to (9), and the
+         * weight-streaming kernels: ring (10) and direct (12); the GPU's own m above stays fc2's input */
         uint16_t *d_m2 = dev_alloc_poisoned<uint16_t>((size_t)2 * rows * N);
         bmc_moe_gemm_args b = a;
-        b.variant = 9;
         b.y = d_m2;
-        DEV_CUDA(bmc_moe_gemm(&b, BMC_BF16, 0));
-        DEV_CUDA(cudaDeviceSynchronize());
-        uint16_t *mh2 = (uint16_t *)malloc((size_t)2 * rows * N * 2);
-        dev_download(mh2, d_m2, (size_t)(split ? 2 : 1) * rows * N);
-        float *mf2 = (float *)malloc((size_t)rows * N * 4);
-        for (size_t i = 0; i < (size_t)rows * N; i++)
-            mf2[i] = dev_from_bf16(mh2[i]) + (split ? dev_from_bf16(mh2[(size_t)rows * N + i]) : 0.0f);
-        double e9 = dev_rel_error(mf2, m_ref, (size_t)rows * N);
-        printf("  fc1, 64x128 tiles in a 2-stage pipeline: rel err %.2e\n", e9);
-        DEV_CHECK(e9 < (split ? 1e-4 : 1e-2), "fc1 2-stage rel err %.3e", e9);
-        for (int v : {10, 12}) { /* the weight-streaming kernels: ring (10) and direct (12) */
+        for (int v : {9, 10, 12}) {
             DEV_CUDA(cudaMemset(d_m2, 0xff, (size_t)2 * rows * N * 2));
             b.variant = v;
             DEV_CUDA(bmc_moe_gemm(&b, BMC_BF16, 0));
             DEV_CUDA(cudaDeviceSynchronize());
-            dev_download(mh2, d_m2, (size_t)(split ? 2 : 1) * rows * N);
-            for (size_t i = 0; i < (size_t)rows * N; i++)
-                mf2[i] = dev_from_bf16(mh2[i]) + (split ? dev_from_bf16(mh2[(size_t)rows * N + i]) : 0.0f);
-            double ev = dev_rel_error(mf2, m_ref, (size_t)rows * N);
-            printf("  fc1, weight-streaming kernel (%s): rel err %.2e\n", stream_name(v), ev);
-            DEV_CHECK(ev < (split ? 1e-4 : 1e-2), "fc1 streaming variant %d rel err %.3e", v, ev);
+            const double ev = fc1_error(d_m2);
+            printf("  fc1, %s: rel err %.2e\n", stream_name(v), ev);
+            DEV_CHECK(ev < (split ? 1e-4 : 1e-2), "fc1 variant %d rel err %.3e", v, ev);
         }
-        free(mh2); free(mf2); cudaFree(d_m2);
+        cudaFree(d_m2);
     }
     /* fc2 over the experts' rows (store, add or split-K parts follow per case) */
     auto fc2_args = [&](int mode, int variant) {
@@ -272,12 +264,13 @@ int main(void) {
                                            "64x64/3",  "16x64/6",  "64x128/2", "stream",  "S W only", "direct",  "D W only"};
     printf("  2.8B experts, inputs in two halves: fc1 / fc2 us per variant (tiles TMxTN/stages; stream: the ring\n"
            "  weight stream; direct: the direct weight stream; W only: a streaming kernel's weight loads alone),\n"
-           "  the auto choice's GB/s, then fc2 split over K + scatter as the row path runs it with the tiles and each\n"
+           "  the auto choice's GB/s and TFLOP/s, then fc2 split over K + scatter as the row path runs it with the tiles and each\n"
            "  streaming kernel, and the GB/s of each streaming kernel's fc1 + split fc2. Rows \"Nr<=M\": each row\n"
            "  routed to an expert at random, as a step's routing spreads them (M: the fullest expert's rows)\n");
     printf("  %-9s", "rows");
     for (int v = 0; v < NV; v++) printf(" %9s", shapes[v]);
-    printf(" %6s | %-5s %6s %6s %6s | %6s %6s\n", "GB/s", "split", "tiles", "stream", "direct", "stream", "direct");
+    printf(" %6s %7s | %-5s %6s %6s %6s | %6s %6s\n", "GB/s", "TFLOP/s", "split", "tiles", "stream", "direct", "stream",
+           "direct");
     const int row_counts[5] = {16, 64, 128, 256, 1024};
     for (int run = 0; run < 10; run++) {
         const int rows = row_counts[run / 2], routed = run & 1;
@@ -318,7 +311,7 @@ int main(void) {
             snprintf(cell, sizeof cell, "%.0f/%.0f", t1, t2);
             printf(" %9s", cell);
         }
-        const double bytes = (w1n + w2n) * 2.0;
+        const double bytes = (w1n + w2n) * 2.0, flops = 2.0 * rows * (2.0 * F * d + (double)d * F);
         /* fc2 as the row path runs it: split over K, then the parts scattered */
         const int split = bmc_moe_fc2_split(rows);
         float *d_part = dev_alloc_poisoned<float>((size_t)split * rows * d);
@@ -336,7 +329,7 @@ int main(void) {
                 DEV_CUDA(bmc_scatter_parts(d_part, split, (long long)rows * d, d_n, d_order, d_g, NULL, NULL, rows, d, 0, d_y, 0));
             });
         }
-        printf(" %6.0f | %-5d", bytes / (t_auto * 1e-6) / 1e9, split);
+        printf(" %6.0f %7.1f | %-5d", bytes / (t_auto * 1e-6) / 1e9, flops / (t_auto * 1e-6) / 1e12, split);
         for (int i = 0; i < 3; i++) printf(" %6.0f", t_split[i]);
         printf(" |");
         for (int i = 1; i < 3; i++) /* fc1 + fc2 as the row path would run them with each streaming kernel */
