@@ -348,6 +348,7 @@ static bm_status model_init(bm_model *m, const bm_model_params *p) {
         goto fail;
     }
     cm->sm_count = prop.multiProcessorCount;
+    bmc_moe_sm90_probe(); /* before any capture: the expert GEMM's choice reads the cached answer */
     {
         const char *env = getenv("BM_CUDA_PDL");
         cm->pdl = prop.major >= 9 && !(env && env[0] == '0');

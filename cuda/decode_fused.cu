@@ -116,32 +116,12 @@ struct fused_phase {
 /* ---- PTX wrappers (sm_90) ---------------------------------------------------- */
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-__device__ __forceinline__ unsigned smem_addr(const void *p) { return (unsigned)__cvta_generic_to_shared(p); }
-__device__ __forceinline__ void mbar_init(uint64_t *b, unsigned count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(b)), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_expect_tx(uint64_t *b, unsigned bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(b)), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint64_t *b) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(b)) : "memory");
-}
+#include "async_copy.cuh"
+
 __device__ __forceinline__ unsigned long long global_ns() {
     unsigned long long t;
     asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
     return t;
-}
-__device__ __forceinline__ void mbar_wait(uint64_t *b, unsigned parity) {
-    const unsigned a = smem_addr(b);
-    unsigned done = 0;
-    while (!done) {
-        asm volatile("{\n\t.reg .pred p;\n\t"
-                     "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\t"
-                     "selp.u32 %0, 1, 0, p;\n\t}"
-                     : "=r"(done)
-                     : "r"(a), "r"(parity)
-                     : "memory");
-    }
 }
 /* mbar_wait, adding the ns it took to acc when tracing */
 __device__ __forceinline__ void mbar_wait_timed(uint64_t *b, unsigned parity, bool timed, unsigned long long &acc) {
@@ -152,12 +132,6 @@ __device__ __forceinline__ void mbar_wait_timed(uint64_t *b, unsigned parity, bo
     const unsigned long long t0 = global_ns();
     mbar_wait(b, parity);
     acc += global_ns() - t0;
-}
-__device__ __forceinline__ void bulk_copy(void *dst, const void *src, unsigned bytes, uint64_t *bar) {
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                     smem_addr(dst)),
-                 "l"(src), "r"(bytes), "r"(smem_addr(bar))
-                 : "memory");
 }
 __device__ __forceinline__ void cp_async16(void *dst, const void *src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(dst)), "l"(src) : "memory");
@@ -806,7 +780,7 @@ __global__ void __launch_bounds__(FUSED_THREADS, 1) fused_step_kernel(const bmc_
             mbar_init(&bars[args.slots + i], FUSED_WARPS); /* empty: every consumer warp */
         }
         mbar_init(&bars[2 * args.slots], 1); /* routed: consumer thread 0 */
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        mbar_init_fence();
     }
     __syncthreads();
     if (threadIdx.x >= FUSED_CONSUMERS) {

@@ -127,7 +127,7 @@ static bm_status reserve_rows(cuda_session *cs, const bm_model *m, int rows) {
         B * d * 4, 2 * B * d * 4,                               /* res, h */
         2 * B * 2 * di * 4, B * xd * 4, B * 4, part_rows * d * 4, B * V * 4, /* xz, xdbl, gate, eout, logits */
         2 * B * d * 2, 2 * B * d * 2, 2 * B * di * 2,           /* normed16, moe16, y16 */
-        16, 2 * B * F * 2, B * d * 2,                           /* (act16), m16, final16 */
+        2 * B * d * 2, 2 * B * F * 2, B * d * 2,                /* sorted16, m16, final16 */
         B * 4, B * 4, B * 4, starts * 4, 16                     /* expert_of, order, pos_of, expert_start, route_counter */
     };
     const int n = (int)(sizeof sizes / sizeof sizes[0]);
@@ -169,7 +169,7 @@ static bm_status reserve_rows(cuda_session *cs, const bm_model *m, int rows) {
     rs->normed16 = ptr[i++];
     rs->moe16 = ptr[i++];
     rs->y16 = ptr[i++];
-    rs->act16 = ptr[i++];
+    rs->sorted16 = ptr[i++];
     rs->m16 = ptr[i++];
     rs->final16 = ptr[i++];
     rs->expert_of = (int *)ptr[i++];
@@ -332,6 +332,7 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
             ma.X = rs->moe16;
             ma.ldx = d;
             ma.x_rows = E >= 2 ? rs->order : NULL;
+            ma.x_sorted = rs->sorted16;
             ma.x_lo_rows = B;
             ma.y_lo_rows = B;
             ma.W = L->fc1;

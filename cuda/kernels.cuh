@@ -342,6 +342,8 @@ typedef struct bmc_moe_gemm_args {
     const void *X;
     int ldx;
     const int *x_rows;
+    void *x_sorted;          /* NULL, or room for X's rows (both halves) in the sorted order: lets a kernel that
+                                needs contiguous rows (the wgmma kernel) gather them first */
     int x_lo_rows, y_lo_rows;
     const void *W;           /* expert 0; experts expert_stride elements apart, each [rows_w, K] */
     long long expert_stride;
@@ -357,10 +359,24 @@ typedef struct bmc_moe_gemm_args {
     int variant;             /* 0: chosen from the rows per expert; 1..9: a forced tile shape, 10: the streaming
                                 kernel, 11: its weight traffic alone (a measurement; junk output), 12: the direct
                                 streaming kernel (weights straight into registers), 13: its weight loads alone
-                                (junk output) (harness) */
+                                (junk output) (harness), 14: the TMA + wgmma kernel (moe_gemm_sm90.cu; sm_90a
+                                builds on an sm_90 device only, else cudaErrorNotSupported) */
     int k_split;             /* PARTIAL: slices of K (grid z), >= 1 */
 } bmc_moe_gemm_args;
 cudaError_t bmc_moe_gemm(const bmc_moe_gemm_args *a, int wtype, cudaStream_t stream);
+/* moe_gemm_sm90.cu: the same GEMM on the TMA + wgmma path (variant 14).
+ * cudaErrorNotSupported where it cannot run: not an sm_90 device, a build
+ * without sm_90a code, bmc_moe_sm90_probe not yet run on this device, or
+ * shapes TMA cannot address (K or the features not a multiple of 8,
+ * misaligned pointers). */
+cudaError_t bmc_moe_gemm_sm90(const bmc_moe_gemm_args *a, int wtype, cudaStream_t stream);
+/* Whether the wgmma kernel runs on the current device: runs a one-thread
+ * kernel the first time for each device (synchronising with it: not during
+ * stream capture), cached after. 1 yes, 0 no. */
+int bmc_moe_sm90_probe(void);
+/* The cached answer of bmc_moe_sm90_probe for the current device (0 before
+ * the probe ran); never launches anything. */
+int bmc_moe_sm90_ready(void);
 /* The K slices (PARTIAL) in which the decode row path runs fc2 for `rows`
  * rows: enough units of work for every SM; never more than 8. */
 int bmc_moe_fc2_split(int rows);
@@ -408,6 +424,11 @@ cudaError_t bmc_route_rows(const float *normed, int T, const int *n_dev, int d, 
 /* ---- moe_rows.cu ----------------------------------------------------------- */
 /* dst[i] = src[order[i]] for i < rows (16-bit rows of d). */
 cudaError_t bmc_gather_rows(const void *src, const int *order, int rows, int d, void *dst, cudaStream_t stream);
+/* The same for `planes` blocks of rows plane_rows apart, each gathered by
+ * the same order: dst[p * plane_rows + i] = src[p * plane_rows + order[i]]
+ * (the hi and lo halves of the row path's 16-bit inputs). */
+cudaError_t bmc_gather_rows_planes(const void *src, const int *order, int rows, int d, int planes, int plane_rows,
+                                   void *dst, cudaStream_t stream);
 
 /* ---- gated_act.cu ---------------------------------------------------------- */
 /* m[i, f] = act(a[i, f] + b1) * (a[i, F + f] + b2) (swiglu) or act(a[i, f] + b)

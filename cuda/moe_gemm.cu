@@ -16,6 +16,7 @@
 
 #include "device_util.cuh"
 #include "kernels.cuh"
+#include "moe_epilogue.cuh"
 
 #define MG_TK 64
 #define MG_LDS (MG_TK + 8) /* padded row, in elements: 144 bytes, conflict-free 16-byte accesses */
@@ -40,42 +41,6 @@ template <int N> __device__ __forceinline__ void mg_cp_wait() {
 #define MG_SMEM(TM, TN, ST)                                                                                            \
     ((size_t)(ST) * MG_STAGE_ELEMS(TM, TN) * 2 > (size_t)(TM) * ((TN) + 4) * 4 ? (size_t)(ST) * MG_STAGE_ELEMS(TM, TN) * 2 \
                                                                              : (size_t)(TM) * ((TN) + 4) * 4)
-
-/* The epilogue of one output, shared by both kernels: sorted row gr,
- * output feature n (f for the gated pair), f32 product(s) v (x and g), the
- * expert's bias (or NULL), PARTIAL's K slice. */
-template <typename T> __device__ __forceinline__ void mg_store16(const bmc_moe_gemm_args &a, int gr, int n, float v) {
-    T *y16 = reinterpret_cast<T *>(a.y);
-    const T hi = bmc_from_float<T>(v);
-    y16[(size_t)gr * a.ldy + n] = hi;
-    if (a.y_lo_rows > 0) y16[(size_t)(gr + a.y_lo_rows) * a.ldy + n] = bmc_from_float<T>(v - bmc_to_float<T>(hi));
-}
-__device__ __forceinline__ float mg_act(const bmc_moe_gemm_args &a, float x) {
-    return a.act == 1 ? bmc_silu(x) : bmc_gelu(x);
-}
-template <typename T>
-__device__ __forceinline__ void mg_finish_gated(const bmc_moe_gemm_args &a, const float *bias, int gr, int f, float x,
-                                                float g) {
-    if (bias) {
-        x += bias[f];
-        g += bias[a.N + f];
-    }
-    mg_store16<T>(a, gr, f, mg_act(a, x) * g);
-}
-template <typename T>
-__device__ __forceinline__ void mg_finish(const bmc_moe_gemm_args &a, const float *bias, int slice, int gr, int n,
-                                          float v) {
-    if (a.mode == BMC_MOE_PARTIAL) {
-        reinterpret_cast<float *>(a.y)[((size_t)slice * a.max_rows + gr) * a.N + n] = v;
-    } else if (a.mode == BMC_MOE_ACT) {
-        mg_store16<T>(a, gr, n, mg_act(a, v + (bias ? bias[n] : 0.0f)));
-    } else { /* SCATTER */
-        const int t = a.y_rows ? a.y_rows[gr] : gr;
-        const float s = (a.gates ? a.gates[t] : 1.0f) * (v + (bias ? bias[n] : 0.0f));
-        float *y = reinterpret_cast<float *>(a.y) + (size_t)t * a.ldy + n;
-        *y = a.add ? *y + s : s;
-    }
-}
 
 template <typename T, int TM, int TN, int STAGES>
 __global__ void __launch_bounds__(MG_THREADS(TN)) moe_gemm_kernel(const bmc_moe_gemm_args a) {
@@ -716,9 +681,26 @@ template <typename T> static cudaError_t mg_dispatch(const bmc_moe_gemm_args *a,
     return mg_fit<T, 64, 128, 3>(a, stream);
 }
 
+/* The automatic choice takes the TMA + wgmma kernel (where it runs) above
+ * the direct stream's rows per expert, unless BM_CUDA_MOE_SM90=0. */
+static bool sm90_wanted(const bmc_moe_gemm_args *a) {
+    static const int enabled = [] {
+        const char *v = getenv("BM_CUDA_MOE_SM90");
+        return v && *v ? atoi(v) : 1;
+    }();
+    const int per_expert = a->max_rows / (a->expert_start ? a->E : 1);
+    return enabled && bmc_moe_sm90_ready() && per_expert > md_max_rows_per_expert();
+}
+
 cudaError_t bmc_moe_gemm(const bmc_moe_gemm_args *a, int wtype, cudaStream_t stream) {
     if (a->max_rows <= 0 || a->N <= 0) return cudaSuccess;
-    if (a->K % 8 || a->E < 1 || a->E > 64 || a->variant < 0 || a->variant > 13) return cudaErrorInvalidValue;
+    if (a->K % 8 || a->E < 1 || a->E > 64 || a->variant < 0 || a->variant > 14) return cudaErrorInvalidValue;
+    if (a->variant == 14) return bmc_moe_gemm_sm90(a, wtype, stream);
+    if (a->variant == 0 && sm90_wanted(a)) {
+        const cudaError_t e = bmc_moe_gemm_sm90(a, wtype, stream);
+        if (e != cudaErrorNotSupported) return e;
+        cudaGetLastError(); /* not for these shapes: the kernels below take them */
+    }
     return wtype == BMC_F16 ? mg_dispatch<__half>(a, stream) : mg_dispatch<__nv_bfloat16>(a, stream);
 }
 

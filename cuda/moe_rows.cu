@@ -1,11 +1,13 @@
-/* Prefill MoE: gather the normalised rows in expert order so each expert's
- * GEMM reads one contiguous block of rows. */
+/* MoE: gather the normalised rows in expert order so each expert's GEMM
+ * reads one contiguous block of rows (prefill; the decode row path's wgmma
+ * expert GEMM, whose TMA copies cannot gather). */
 #include "kernels.cuh"
 
-__global__ void gather_rows_kernel(const uint16_t *src, const int *order, int d, uint16_t *dst) {
+__global__ void gather_rows_kernel(const uint16_t *src, const int *order, int d, int plane_rows, uint16_t *dst) {
     const int i = blockIdx.x;
-    const uint16_t *s = src + (size_t)order[i] * d;
-    uint16_t *o = dst + (size_t)i * d;
+    const size_t plane = (size_t)blockIdx.y * plane_rows;
+    const uint16_t *s = src + (plane + order[i]) * d;
+    uint16_t *o = dst + (plane + i) * d;
     if (d % 8 == 0) {
         for (int k = threadIdx.x; k < d / 8; k += blockDim.x)
             reinterpret_cast<uint4 *>(o)[k] = reinterpret_cast<const uint4 *>(s)[k];
@@ -15,7 +17,13 @@ __global__ void gather_rows_kernel(const uint16_t *src, const int *order, int d,
 }
 
 cudaError_t bmc_gather_rows(const void *src, const int *order, int rows, int d, void *dst, cudaStream_t stream) {
-    if (rows <= 0) return cudaSuccess;
-    gather_rows_kernel<<<rows, 128, 0, stream>>>((const uint16_t *)src, order, d, (uint16_t *)dst);
+    return bmc_gather_rows_planes(src, order, rows, d, 1, 0, dst, stream);
+}
+
+cudaError_t bmc_gather_rows_planes(const void *src, const int *order, int rows, int d, int planes, int plane_rows,
+                                   void *dst, cudaStream_t stream) {
+    if (rows <= 0 || planes <= 0) return cudaSuccess;
+    gather_rows_kernel<<<dim3((unsigned)rows, (unsigned)planes), 128, 0, stream>>>((const uint16_t *)src, order, d,
+                                                                                 plane_rows, (uint16_t *)dst);
     return cudaGetLastError();
 }

@@ -18,9 +18,14 @@ static const char *stream_name(int variant) {
     case 9: return "64x128 tiles in a 2-stage pipeline";
     case 10: return "weight-streaming kernel (ring)";
     case 12: return "direct weight stream";
+    case 14: return "TMA + wgmma kernel";
     default: return "tiles";
     }
 }
+
+/* The forced variants each check runs besides the automatic choice: the
+ * wgmma kernel (14) only where it runs (an sm_90 device, an sm_90a build). */
+static int n_forced(int n) { return bmc_moe_sm90_ready() ? n : n - 1; }
 
 static void check_case(int E, int rows, int K, int N, const int *counts, int split) {
     /* inputs, bf16-rounded on the host so the reference sees what the GPU sees */
@@ -91,6 +96,8 @@ static void check_case(int E, int rows, int K, int N, const int *counts, int spl
     a.X = d_x;
     a.ldx = K;
     a.x_rows = d_order;
+    uint16_t *d_sorted = dev_alloc_poisoned<uint16_t>((size_t)2 * rows * K); /* the wgmma kernel's gathered rows */
+    a.x_sorted = d_sorted;
     a.W = d_w1;
     a.expert_stride = (long long)2 * N * K;
     a.expert_start = d_start;
@@ -120,7 +127,9 @@ static void check_case(int E, int rows, int K, int N, const int *counts, int spl
         uint16_t *d_m2 = dev_alloc_poisoned<uint16_t>((size_t)2 * rows * N);
         bmc_moe_gemm_args b = a;
         b.y = d_m2;
-        for (int v : {9, 10, 12}) {
+        const int fc1_variants[4] = {9, 10, 12, 14};
+        for (int i = 0; i < n_forced(4); i++) {
+            const int v = fc1_variants[i];
             DEV_CUDA(cudaMemset(d_m2, 0xff, (size_t)2 * rows * N * 2));
             b.variant = v;
             DEV_CUDA(bmc_moe_gemm(&b, BMC_BF16, 0));
@@ -150,8 +159,8 @@ static void check_case(int E, int rows, int K, int N, const int *counts, int spl
         return f;
     };
     /* fc2 from the GPU's own m (bf16), store then add: tiles, then the ring and the direct weight streams */
-    const int scatter_variants[3] = {0, 10, 12};
-    for (int run = 0; run < 6; run++) {
+    const int scatter_variants[4] = {0, 10, 12, 14};
+    for (int run = 0; run < 2 * n_forced(4); run++) {
         const int add = run & 1, variant = scatter_variants[run >> 1];
         float *d_y = add ? dev_upload(y0, (size_t)rows * K) : dev_alloc_poisoned<float>((size_t)rows * K);
         a = fc2_args(BMC_MOE_SCATTER, variant);
@@ -173,8 +182,9 @@ static void check_case(int E, int rows, int K, int N, const int *counts, int spl
         free(yh);
         cudaFree(d_y);
     }
-    const int split_variants[3] = {0, 10, 12}; /* tiles, ring and direct weight streams */
-    for (int variant : split_variants) { /* fc2 split over K (3 slices, partial sums) + bmc_scatter_parts */
+    const int split_variants[4] = {0, 10, 12, 14}; /* automatic, ring and direct weight streams, wgmma */
+    for (int vi = 0; vi < n_forced(4); vi++) { /* fc2 split over K (3 slices, partial sums) + bmc_scatter_parts */
+        const int variant = split_variants[vi];
         int *d_expert_of = NULL;
         int *expert_of = (int *)malloc(rows * 4);
         for (int e = 0; e < E; e++)
@@ -201,7 +211,7 @@ static void check_case(int E, int rows, int K, int N, const int *counts, int spl
     free(xs); free(x); free(w1); free(w2); free(b1); free(b2); free(gates); free(y0); free(xh); free(w1h); free(w2h);
     free(start); free(order); free(m_ref); free(y_ref); free(y_add); free(m_q); free(mh); free(mf);
     cudaFree(d_x); cudaFree(d_w1); cudaFree(d_w2); cudaFree(d_b1); cudaFree(d_b2); cudaFree(d_g);
-    cudaFree(d_start); cudaFree(d_order); cudaFree(d_m);
+    cudaFree(d_start); cudaFree(d_order); cudaFree(d_m); cudaFree(d_sorted);
 }
 
 /* DEV_PROFILE=1: one launch each of fc1 at 64 rows (2.8B experts) with the
@@ -223,16 +233,18 @@ static int profile_once(void) {
     bmc_moe_gemm_args a;
     memset(&a, 0, sizeof a);
     a.mode = BMC_MOE_GATED; a.N = F; a.K = d; a.E = E; a.max_rows = rows; a.X = d_x; a.ldx = d;
-    a.x_rows = d_order; a.W = d_w1; a.expert_stride = (long long)2 * F * d; a.expert_start = d_start;
+    uint16_t *d_sorted = dev_alloc_poisoned<uint16_t>((size_t)2 * rows * d);
+    a.x_rows = d_order; a.x_sorted = d_sorted; a.W = d_w1; a.expert_stride = (long long)2 * F * d; a.expert_start = d_start;
     a.y = d_m; a.ldy = F; a.x_lo_rows = a.y_lo_rows = rows;
-    const int variants[5] = {1, 10, 11, 12, 13};
+    const int variants[6] = {1, 10, 11, 12, 13, 14};
     for (int v : variants) {
+        if (v == 14 && !bmc_moe_sm90_ready()) continue;
         a.variant = v;
         DEV_CUDA(bmc_moe_gemm(&a, BMC_BF16, 0));
     }
     DEV_CUDA(cudaDeviceSynchronize());
     free(w1h); free(xh);
-    cudaFree(d_w1); cudaFree(d_x); cudaFree(d_m); cudaFree(d_start); cudaFree(d_order);
+    cudaFree(d_w1); cudaFree(d_x); cudaFree(d_m); cudaFree(d_start); cudaFree(d_order); cudaFree(d_sorted);
     printf("dev_moe_gemm: profile launches done\n");
     return 0;
 }
@@ -240,6 +252,8 @@ static int profile_once(void) {
 int main(void) {
     if (dev_no_gpu("dev_moe_gemm")) return 0;
     dev_seed();
+    printf("  TMA + wgmma kernel (variant 14): %s\n",
+           bmc_moe_sm90_probe() ? "runs here, checked" : "not on this device or build, skipped");
     if (getenv("DEV_PROFILE") && getenv("DEV_PROFILE")[0] == '1') return profile_once();
     const int counts1[5] = {3, 0, 70, 1, 77}; /* 151 rows: an empty expert, two of more than one tile */
     check_case(5, 151, 136, 200, counts1, 0);
@@ -249,6 +263,8 @@ int main(void) {
     check_case(8, 8, 1472, 136, counts2, 1);
     const int counts3[8] = {9, 7, 8, 12, 4, 0, 17, 7}; /* 64 rows at the 2.8B widths, as a 64-stream step routes them */
     check_case(8, 64, 1472, 3872, counts3, 1);
+    const int counts4[8] = {40, 35, 150, 20, 25, 0, 18, 12}; /* 300 rows: one expert needs several wgmma passes */
+    check_case(8, 300, 1472, 3872, counts4, 1);
 
     /* timing: the 2.8B expert shapes */
     const int d = 1472, F = 3872, E = 8;
@@ -259,18 +275,18 @@ int main(void) {
     free(w1h);
     /* every variant (0 = the automatic choice) at each row count, the rows spread evenly over the experts
      * and as a step routes them (each row to an expert drawn at random: uneven groups, more passes) */
-    enum { NV = 14 };
+    enum { NV = 15 };
     static const char *const shapes[NV] = {"auto",     "16x128/4", "16x64/4", "16x32/4", "32x128/4", "32x64/4", "64x128/3",
-                                           "64x64/3",  "16x64/6",  "64x128/2", "stream",  "S W only", "direct",  "D W only"};
+                                           "64x64/3",  "16x64/6",  "64x128/2", "stream",  "S W only", "direct",  "D W only", "wgmma"};
     printf("  2.8B experts, inputs in two halves: fc1 / fc2 us per variant (tiles TMxTN/stages; stream: the ring\n"
            "  weight stream; direct: the direct weight stream; W only: a streaming kernel's weight loads alone),\n"
-           "  the auto choice's GB/s and TFLOP/s, then fc2 split over K + scatter as the row path runs it with the tiles and each\n"
+           "  the auto choice's GB/s and TFLOP/s, then fc2 split over K + scatter as the row path runs it with the auto choice and each\n"
            "  streaming kernel, and the GB/s of each streaming kernel's fc1 + split fc2. Rows \"Nr<=M\": each row\n"
            "  routed to an expert at random, as a step's routing spreads them (M: the fullest expert's rows)\n");
     printf("  %-9s", "rows");
     for (int v = 0; v < NV; v++) printf(" %9s", shapes[v]);
-    printf(" %6s %7s | %-5s %6s %6s %6s | %6s %6s\n", "GB/s", "TFLOP/s", "split", "tiles", "stream", "direct", "stream",
-           "direct");
+    printf(" %6s %7s | %-5s %6s %6s %6s %6s | %6s %6s %6s\n", "GB/s", "TFLOP/s", "split", "auto", "stream", "direct",
+           "wgmma", "stream", "direct", "wgmma");
     const int row_counts[5] = {16, 64, 128, 256, 1024};
     for (int run = 0; run < 10; run++) {
         const int rows = row_counts[run / 2], routed = run & 1;
@@ -290,7 +306,8 @@ int main(void) {
         bmc_moe_gemm_args a1, a2;
         memset(&a1, 0, sizeof a1);
         a1.mode = BMC_MOE_GATED; a1.N = F; a1.K = d; a1.E = E; a1.max_rows = rows; a1.X = d_x; a1.ldx = d;
-        a1.x_rows = d_order; a1.W = d_w1; a1.expert_stride = (long long)2 * F * d; a1.expert_start = d_start;
+        uint16_t *d_sorted = dev_alloc_poisoned<uint16_t>((size_t)2 * rows * d);
+        a1.x_rows = d_order; a1.x_sorted = d_sorted; a1.W = d_w1; a1.expert_stride = (long long)2 * F * d; a1.expert_start = d_start;
         a1.y = d_m; a1.ldy = F; a1.x_lo_rows = a1.y_lo_rows = rows;
         memset(&a2, 0, sizeof a2);
         a2.mode = BMC_MOE_SCATTER; a2.N = d; a2.K = F; a2.E = E; a2.max_rows = rows; a2.X = d_x; a2.ldx = F;
@@ -303,6 +320,11 @@ int main(void) {
         double t_auto = 0, t_fc1[NV];
         for (int v = 0; v < NV; v++) {
             a1.variant = a2.variant = v;
+            if (v == 14 && !bmc_moe_sm90_ready()) {
+                t_fc1[v] = 0;
+                printf(" %9s", "-");
+                continue;
+            }
             double t1 = dev_time_us(15, [&](int) { DEV_CUDA(bmc_moe_gemm(&a1, BMC_BF16, 0)); });
             double t2 = dev_time_us(15, [&](int) { DEV_CUDA(bmc_moe_gemm(&a2, BMC_BF16, 0)); });
             if (v == 0) t_auto = t1 + t2;
@@ -320,9 +342,10 @@ int main(void) {
         a3.mode = BMC_MOE_PARTIAL;
         a3.k_split = split;
         a3.y = d_part;
-        const int split_variants[3] = {0, 10, 12};
-        double t_split[3];
-        for (int i = 0; i < 3; i++) {
+        const int split_variants[4] = {0, 10, 12, 14};
+        const int n_split = n_forced(4);
+        double t_split[4] = {0, 0, 0, 0};
+        for (int i = 0; i < n_split; i++) {
             a3.variant = split_variants[i];
             t_split[i] = dev_time_us(15, [&](int) {
                 DEV_CUDA(bmc_moe_gemm(&a3, BMC_BF16, 0));
@@ -330,15 +353,16 @@ int main(void) {
             });
         }
         printf(" %6.0f %7.1f | %-5d", bytes / (t_auto * 1e-6) / 1e9, flops / (t_auto * 1e-6) / 1e12, split);
-        for (int i = 0; i < 3; i++) printf(" %6.0f", t_split[i]);
+        for (int i = 0; i < 4; i++) printf(" %6.0f", t_split[i]);
         printf(" |");
-        for (int i = 1; i < 3; i++) /* fc1 + fc2 as the row path would run them with each streaming kernel */
-            printf(" %6.0f", bytes / ((t_fc1[split_variants[i]] + t_split[i]) * 1e-6) / 1e9);
+        for (int i = 1; i < 4; i++) /* fc1 + fc2 as the row path would run them with each streaming kernel */
+            printf(" %6.0f", i < n_split ? bytes / ((t_fc1[split_variants[i]] + t_split[i]) * 1e-6) / 1e9 : 0.0);
         printf("\n");
         cudaFree(d_part);
         cudaFree(d_n);
         free(xh); free(gates); free(order);
         cudaFree(d_x); cudaFree(d_m); cudaFree(d_y); cudaFree(d_start); cudaFree(d_order); cudaFree(d_g);
+        cudaFree(d_sorted);
     }
     return dev_summary("dev_moe_gemm");
 }
