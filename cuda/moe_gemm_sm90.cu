@@ -46,7 +46,7 @@
 #define MW_MAX_STAGES 8
 #define MW_MAX_NP 128            /* batch rows per pass at most */
 
-/* A stage: KSUB boxes of 64 k, each the A tile, then B hi and B lo (np rows of 128 bytes each). */
+/* A stage of 64 k: the A tile, then B hi and B lo (np rows of 128 bytes each). */
 static __host__ __device__ __forceinline__ int mw_box_bytes(int np, bool split) {
     return MW_A_BYTES + (split ? 2 : 1) * np * MW_BK * 2;
 }
@@ -106,6 +106,7 @@ MW_MMA_FOR(128)
 __device__ __forceinline__ void mw_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void mw_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void mw_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
+__device__ __forceinline__ void mw_wait_one() { asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory"); }
 
 /* TMA tile copies (3-D plain weights, 5-D gated fc1), completion on bar. */
 /* The weights with an L2 policy (evict first: read once, they should not
@@ -169,10 +170,8 @@ __device__ __forceinline__ mw_unit mw_unit_of(const bmc_moe_gemm_args &a, const 
     return w;
 }
 
-/* The producer warp: for every stage of every unit of this block, KSUB
- * boxes of 64 k, each the unit's A tile and its batch rows' hi and lo tiles,
- * by TMA (one lane). */
-template <int KSUB>
+/* The producer warp: for every stage (64 k) of every unit of this block, the
+ * unit's A tile and its batch rows' hi and lo tiles, by TMA (one lane). */
 __device__ void mw_produce(const bmc_moe_gemm_args &a, const CUtensorMap *wmap, const CUtensorMap *xmap,
                            const mw_plan &p, const int *s_unit0, int total, unsigned char *smem, uint64_t *full,
                            uint64_t *empty, int stages) {
@@ -189,17 +188,15 @@ __device__ void mw_produce(const bmc_moe_gemm_args &a, const CUtensorMap *wmap, 
         for (int kb = w.kb0; kb < w.kb1; kb++, it++) {
             const int s = it % stages;
             if (it >= stages) mbar_wait(&empty[s], ((it / stages) & 1) ^ 1);
-            mbar_expect_tx(&full[s], KSUB * bytes);
-            for (int j = 0; j < KSUB; j++) {
-                unsigned char *st = smem + (size_t)(s * KSUB + j) * box;
-                const int k = (kb * KSUB + j) * MW_BK;
-                if (gated) mw_tma5(st, wmap, k, 0, 0, w.mt * (MW_BM / 16), w.e, &full[s], policy);
-                else mw_tma3(st, wmap, k, w.mt * MW_BM, w.e, &full[s], policy);
-                for (int g = 0; g < groups; g++) {
-                    const int r = g * p.box_rows;
-                    mw_tma2(st + MW_A_BYTES + r * 128, xmap, k, w.r0 + r, &full[s]);
-                    if (split) mw_tma2(st + MW_A_BYTES + (p.np + r) * 128, xmap, k, w.r0 + a.x_lo_rows + r, &full[s]);
-                }
+            mbar_expect_tx(&full[s], bytes);
+            unsigned char *st = smem + (size_t)s * box;
+            const int k = kb * MW_BK;
+            if (gated) mw_tma5(st, wmap, k, 0, 0, w.mt * (MW_BM / 16), w.e, &full[s], policy);
+            else mw_tma3(st, wmap, k, w.mt * MW_BM, w.e, &full[s], policy);
+            for (int g = 0; g < groups; g++) {
+                const int r = g * p.box_rows;
+                mw_tma2(st + MW_A_BYTES + r * 128, xmap, k, w.r0 + r, &full[s]);
+                if (split) mw_tma2(st + MW_A_BYTES + (p.np + r) * 128, xmap, k, w.r0 + a.x_lo_rows + r, &full[s]);
             }
         }
     }
@@ -207,7 +204,7 @@ __device__ void mw_produce(const bmc_moe_gemm_args &a, const CUtensorMap *wmap, 
 
 /* One consumer warpgroup's unit at wgmma width N: the products over the
  * unit's k-steps, then the epilogue. it: the block's stage counter. */
-template <typename T, int N, int KSUB>
+template <typename T, int N>
 __device__ __forceinline__ void mw_consume(const bmc_moe_gemm_args &a, const mw_plan &p, const mw_unit &w,
                                            unsigned char *smem, uint64_t *full, uint64_t *empty, int stages, int &it) {
     const bool gated = a.mode == BMC_MOE_GATED, split = a.x_lo_rows > 0;
@@ -216,24 +213,31 @@ __device__ __forceinline__ void mw_consume(const bmc_moe_gemm_args &a, const mw_
     float d[N / 2];
 #pragma unroll
     for (int i = 0; i < N / 2; i++) d[i] = 0.0f;
+    /* one group of MMAs stays in flight: a stage is released once the next stage's MMAs are issued */
+    int prev = -1;
     for (int kb = w.kb0; kb < w.kb1; kb++, it++) {
         const int s = it % stages;
         mbar_wait(&full[s], (it / stages) & 1);
         mw_fence();
+        const unsigned char *st = smem + (size_t)s * box;
+        const unsigned char *A = st + wg * (MW_A_BYTES / 2), *Bh = st + MW_A_BYTES, *Bl = Bh + p.np * 128;
 #pragma unroll
-        for (int j = 0; j < KSUB; j++) {
-            const unsigned char *st = smem + (size_t)(s * KSUB + j) * box;
-            const unsigned char *A = st + wg * (MW_A_BYTES / 2), *Bh = st + MW_A_BYTES, *Bl = Bh + p.np * 128;
-#pragma unroll
-            for (int kk = 0; kk < ((p.debug & 1) ? 0 : MW_BK / 16); kk++) {
-                mw_mma<N, T>(d, mw_desc(A + kk * 32), mw_desc(Bh + kk * 32));
-                if (split) mw_mma<N, T>(d, mw_desc(A + kk * 32), mw_desc(Bl + kk * 32));
-            }
+        for (int kk = 0; kk < ((p.debug & 1) ? 0 : MW_BK / 16); kk++) {
+            mw_mma<N, T>(d, mw_desc(A + kk * 32), mw_desc(Bh + kk * 32));
+            if (split) mw_mma<N, T>(d, mw_desc(A + kk * 32), mw_desc(Bl + kk * 32));
         }
         mw_commit();
-        mw_wait_all();
+        mw_wait_one();
+        if (prev >= 0) {
+            __syncwarp();
+            if (lane == 0) mbar_arrive(&empty[prev]);
+        }
+        prev = s;
+    }
+    mw_wait_all();
+    if (prev >= 0) {
         __syncwarp();
-        if (lane == 0) mbar_arrive(&empty[s]);
+        if (lane == 0) mbar_arrive(&empty[prev]);
     }
     /* d[4j + q]: A row 16 warp + g, batch row 8j + 2c + q of the pass; d[4j + 2 + q]: A row 16 warp + g + 8 */
     const int g = lane >> 2, c = lane & 3;
@@ -257,7 +261,7 @@ __device__ __forceinline__ void mw_consume(const bmc_moe_gemm_args &a, const mw_
 }
 #endif
 
-template <typename T, int KSUB>
+template <typename T>
 __global__ void __launch_bounds__(MW_THREADS, 1)
     moe_wgmma_kernel(const bmc_moe_gemm_args a, const __grid_constant__ CUtensorMap wmap,
                      const __grid_constant__ CUtensorMap xmap, const mw_plan p, int stages) {
@@ -283,16 +287,16 @@ __global__ void __launch_bounds__(MW_THREADS, 1)
     __syncthreads();
     const int total = s_unit0[p.E];
     if (threadIdx.x >= 256) {
-        mw_produce<KSUB>(a, &wmap, &xmap, p, s_unit0, total, smem, full, empty, stages);
+        mw_produce(a, &wmap, &xmap, p, s_unit0, total, smem, full, empty, stages);
         return;
     }
     int it = 0;
     for (int u = blockIdx.x; u < total; u += gridDim.x) {
         const mw_unit w = mw_unit_of(a, p, s_unit0, u);
-        if (w.rows <= 16) mw_consume<T, 16, KSUB>(a, p, w, smem, full, empty, stages, it);
-        else if (w.rows <= 32) mw_consume<T, 32, KSUB>(a, p, w, smem, full, empty, stages, it);
-        else if (w.rows <= 64) mw_consume<T, 64, KSUB>(a, p, w, smem, full, empty, stages, it);
-        else mw_consume<T, 128, KSUB>(a, p, w, smem, full, empty, stages, it);
+        if (w.rows <= 16) mw_consume<T, 16>(a, p, w, smem, full, empty, stages, it);
+        else if (w.rows <= 32) mw_consume<T, 32>(a, p, w, smem, full, empty, stages, it);
+        else if (w.rows <= 64) mw_consume<T, 64>(a, p, w, smem, full, empty, stages, it);
+        else mw_consume<T, 128>(a, p, w, smem, full, empty, stages, it);
     }
 #endif
 }
@@ -377,20 +381,11 @@ static CUresult mw_encode(CUtensorMap *map, CUtensorMapDataType dt, int rank, co
                         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
 }
 
-/* k-boxes per stage: BM_CUDA_MOE_SM90_KSUB (1 or 2), else 1. */
-static int mw_ksub(void) {
-    static const int v = [] {
-        const char *e = getenv("BM_CUDA_MOE_SM90_KSUB");
-        return e && *e == '2' ? 2 : 1;
-    }();
-    return v;
-}
-
-template <typename T, int KSUB>
+template <typename T>
 static cudaError_t mw_start(const bmc_moe_gemm_args *a, const CUtensorMap &wmap, const CUtensorMap &xmap, mw_plan p,
                             cudaStream_t stream) {
     const bool split = a->x_lo_rows > 0;
-    p.nkb = (a->K + KSUB * MW_BK - 1) / (KSUB * MW_BK);
+    p.nkb = (a->K + MW_BK - 1) / MW_BK;
     p.per_slice = (p.nkb + p.slices - 1) / p.slices;
     int dev = 0, sms = 0, optin = 0;
     cudaError_t e = cudaGetDevice(&dev);
@@ -398,13 +393,13 @@ static cudaError_t mw_start(const bmc_moe_gemm_args *a, const CUtensorMap &wmap,
     if (e == cudaSuccess) e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
     if (e != cudaSuccess) return e;
     const int static_bytes = 2 * MW_MAX_STAGES * 8 + 65 * 4;
-    const int stage_bytes = KSUB * mw_box_bytes(p.np, split), room = optin - static_bytes - 1024;
+    const int stage_bytes = mw_box_bytes(p.np, split), room = optin - static_bytes - 1024;
     const int stages = min(MW_MAX_STAGES, room / stage_bytes);
     if (stages < 2) return cudaErrorNotSupported;
     const int smem = stages * stage_bytes + 1024; /* + the alignment of the ring to 1024 bytes */
-    e = cudaFuncSetAttribute(moe_wgmma_kernel<T, KSUB>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    e = cudaFuncSetAttribute(moe_wgmma_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e != cudaSuccess) return e;
-    moe_wgmma_kernel<T, KSUB><<<sms, MW_THREADS, smem, stream>>>(*a, wmap, xmap, p, stages);
+    moe_wgmma_kernel<T><<<sms, MW_THREADS, smem, stream>>>(*a, wmap, xmap, p, stages);
     return cudaGetLastError();
 }
 
@@ -461,7 +456,7 @@ template <typename T> static cudaError_t mw_launch(const bmc_moe_gemm_args *a, c
     bmc_moe_gemm_args b = *a;
     b.X = X;
     b.x_rows = nullptr;
-    return mw_ksub() == 2 ? mw_start<T, 2>(&b, wmap, xmap, p, stream) : mw_start<T, 1>(&b, wmap, xmap, p, stream);
+    return mw_start<T>(&b, wmap, xmap, p, stream);
 }
 
 cudaError_t bmc_moe_gemm_sm90(const bmc_moe_gemm_args *a, int wtype, cudaStream_t stream) {
