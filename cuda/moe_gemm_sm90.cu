@@ -334,12 +334,15 @@ template <> struct mw_dtype<__nv_bfloat16> { static const CUtensorMapDataType va
 template <> struct mw_dtype<__half> { static const CUtensorMapDataType value = CU_TENSOR_MAP_DATA_TYPE_FLOAT16; };
 
 #define MW_MAX_DEVICES 64
-static int mw_ready[MW_MAX_DEVICES]; /* 0 unknown, 1 the sm_90a kernel runs here, -1 it does not */
+/* 0 unknown, 1 the sm_90a kernel runs here, -1 it does not; atomics: models
+ * may be loaded from several threads */
+static int mw_ready[MW_MAX_DEVICES];
 
 int bmc_moe_sm90_probe(void) {
     int dev = 0, major = 0, minor = 0;
     if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= MW_MAX_DEVICES) return 0;
-    if (mw_ready[dev]) return mw_ready[dev] > 0;
+    const int known = __atomic_load_n(&mw_ready[dev], __ATOMIC_ACQUIRE);
+    if (known) return known > 0;
     int ok = 0;
     if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess && major == 9 &&
@@ -355,14 +358,14 @@ int bmc_moe_sm90_probe(void) {
         }
     }
     cudaGetLastError(); /* a failed probe leaves no error behind */
-    mw_ready[dev] = ok ? 1 : -1;
+    __atomic_store_n(&mw_ready[dev], ok ? 1 : -1, __ATOMIC_RELEASE);
     return ok;
 }
 
 int bmc_moe_sm90_ready(void) {
     int dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= MW_MAX_DEVICES) return 0;
-    return mw_ready[dev] > 0;
+    return __atomic_load_n(&mw_ready[dev], __ATOMIC_ACQUIRE) > 0;
 }
 
 /* Batch rows per pass for max_rows rows over E experts: room for the
