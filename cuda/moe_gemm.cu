@@ -261,24 +261,18 @@ static cudaError_t mg_fit(const bmc_moe_gemm_args *a, cudaStream_t stream) {
 
 /* d += A (16 x 16, four 32-bit words of the thread's fragment) B (16 x 8, two words), f32 accumulation. */
 template <typename T> struct ms_mma;
-template <> struct ms_mma<__nv_bfloat16> {
-    static __device__ __forceinline__ void run(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                               uint32_t b0, uint32_t b1) {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                     "{%0,%1,%2,%3};\n"
-                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-    }
-};
-template <> struct ms_mma<__half> {
-    static __device__ __forceinline__ void run(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                               uint32_t b0, uint32_t b1) {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                     "{%0,%1,%2,%3};\n"
-                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-    }
-};
+#define MS_MMA_FOR(TYPE, TY)                                                                                           \
+    template <> struct ms_mma<TYPE> {                                                                                  \
+        static __device__ __forceinline__ void run(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, \
+                                                   uint32_t b0, uint32_t b1) {                                         \
+            asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." TY ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "    \
+                         "{%0,%1,%2,%3};\n"                                                                            \
+                         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                              \
+                         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));                                      \
+        }                                                                                                              \
+    };
+MS_MMA_FOR(__nv_bfloat16, "bf16.bf16")
+MS_MMA_FOR(__half, "f16.f16")
 
 __device__ __forceinline__ uint4 ms_load_x(const void *p) { /* activations: read-only here, kept in L1 */
     uint4 v;
