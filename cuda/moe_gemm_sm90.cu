@@ -124,6 +124,13 @@ __device__ __forceinline__ void mw_tma2(void *dst, const CUtensorMap *map, int c
                  "l"(map), "r"(c0), "r"(c1), "r"(smem_addr(bar))
                  : "memory");
 }
+__device__ __forceinline__ void mw_tma2_hint(void *dst, const CUtensorMap *map, int c0, int c1, uint64_t *bar,
+                                             uint64_t policy) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.L2::cache_hint [%0], "
+                 "[%1, {%2, %3}], [%4], %5;" ::"r"(smem_addr(dst)),
+                 "l"(map), "r"(c0), "r"(c1), "r"(smem_addr(bar)), "l"(policy)
+                 : "memory");
+}
 __device__ __forceinline__ void mw_tma5(void *dst, const CUtensorMap *map, int c0, int c1, int c2, int c3, int c4,
                                         uint64_t *bar, uint64_t policy) {
     asm volatile("cp.async.bulk.tensor.5d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.L2::cache_hint [%0], "
@@ -144,7 +151,8 @@ struct mw_plan {
     int E, mtiles, slices, nkb, per_slice, np;
     int box_rows; /* batch rows per TMA box (8 or 32) */
     int debug; /* measurement (BM_CUDA_MOE_SM90_DEBUG, junk output): 1 no products, 2 no batch rows copied, 3 neither;
-                  4: weights without the evict-first hint (not junk) */
+                  4: weights without the evict-first hint (not junk); 8: each weight tile read as one
+                  contiguous 16 KB box, as a tile-by-tile layout would store it (junk) */
 };
 struct mw_unit {
     int e, mt, slice, r0, rows, kb0, kb1;
@@ -191,7 +199,8 @@ __device__ void mw_produce(const bmc_moe_gemm_args &a, const CUtensorMap *wmap, 
             mbar_expect_tx(&full[s], bytes);
             unsigned char *st = smem + (size_t)s * box;
             const int k = kb * MW_BK;
-            if (gated) mw_tma5(st, wmap, k, 0, 0, w.mt * (MW_BM / 16), w.e, &full[s], policy);
+            if (p.debug & 8) mw_tma2_hint(st, wmap, 0, ((w.e * p.mtiles + w.mt) * p.nkb + kb) * MW_BM, &full[s], policy);
+            else if (gated) mw_tma5(st, wmap, k, 0, 0, w.mt * (MW_BM / 16), w.e, &full[s], policy);
             else mw_tma3(st, wmap, k, w.mt * MW_BM, w.e, &full[s], policy);
             for (int g = 0; g < groups; g++) {
                 const int r = g * p.box_rows;
@@ -427,6 +436,16 @@ template <typename T> static cudaError_t mw_launch(const bmc_moe_gemm_args *a, c
         const cuuint32_t box[3] = {MW_BK, MW_BM, 1};
         r = mw_encode(&wmap, dt, 3, a->W, dims, strides, box);
     }
+    static const int debug = [] {
+        const char *v = getenv("BM_CUDA_MOE_SM90_DEBUG");
+        return v ? atoi(v) : 0;
+    }();
+    if (debug & 8) { /* the same bytes as rows of 64 k, so a box of 128 of them is contiguous */
+        const cuuint64_t dims[2] = {MW_BK, (cuuint64_t)E * (cuuint64_t)a->expert_stride / MW_BK};
+        const cuuint64_t strides[1] = {MW_BK * 2};
+        const cuuint32_t box[2] = {MW_BK, MW_BM};
+        r = mw_encode(&wmap, dt, 2, a->W, dims, strides, box);
+    }
     mw_plan p;
     p.E = E;
     p.mtiles = gated ? (a->N + MW_BM / 2 - 1) / (MW_BM / 2) : (a->N + MW_BM - 1) / MW_BM;
@@ -435,10 +454,6 @@ template <typename T> static cudaError_t mw_launch(const bmc_moe_gemm_args *a, c
     /* boxes of 8 rows waste the least L2 traffic; at 128-row passes their number
      * per stage slowed the producer (1024 streams), so 32 there */
     p.box_rows = p.np > 64 ? 32 : 8;
-    static const int debug = [] {
-        const char *v = getenv("BM_CUDA_MOE_SM90_DEBUG");
-        return v ? atoi(v) : 0;
-    }();
     p.debug = debug;
     /* the batch rows, hi then lo, contiguous in the sorted order: X itself, or
      * X gathered through x_rows into x_sorted first (TMA cannot gather) */

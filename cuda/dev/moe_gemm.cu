@@ -249,6 +249,17 @@ static int profile_once(void) {
     return 0;
 }
 
+/* The read ceiling the expert kernels are judged against: every byte of a
+ * buffer loaded once, 16 bytes per thread per load, folded so the loads stay. */
+__global__ void read_all_kernel(const uint4 *p, size_t n, unsigned *sink) {
+    unsigned acc = 0;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const uint4 v = __ldcs(p + i);
+        acc ^= v.x ^ v.y ^ v.z ^ v.w;
+    }
+    if (acc == 0x9e3779b9u) *sink = acc;
+}
+
 int main(void) {
     if (dev_no_gpu("dev_moe_gemm")) return 0;
     dev_seed();
@@ -273,6 +284,15 @@ int main(void) {
     for (size_t i = 0; i < w1n; i++) w1h[i] = dev_bf16((float)(0.05 * dev_uniform()));
     uint16_t *d_w1 = dev_upload(w1h, w1n), *d_w2 = dev_upload(w1h, w2n);
     free(w1h);
+    {
+        int sms = 0;
+        DEV_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+        unsigned *sink = dev_alloc_poisoned<unsigned>(1);
+        const double t = dev_time_us(15, [&](int) { read_all_kernel<<<sms * 8, 256>>>((const uint4 *)d_w1, w1n / 8, sink); });
+        printf("  read ceiling: fc1's %.0f MB of experts read once in %.1f us, %.0f GB/s\n", w1n * 2 / 1e6, t,
+               w1n * 2.0 / (t * 1e-6) / 1e9);
+        cudaFree(sink);
+    }
     /* every variant (0 = the automatic choice) at each row count, the rows spread evenly over the experts
      * and as a step routes them (each row to an expert drawn at random: uneven groups, more passes) */
     enum { NV = 15 };
