@@ -109,6 +109,13 @@ template <typename A, bool ROUTE, int H>
 __global__ void __launch_bounds__(NORM_THREADS) add_rmsnorm_kernel(bmc_norm_args a) {
     __shared__ float scratch[33];
     const int r = blockIdx.x, d = a.d;
+    /* PDL (the decode row path): the router weights start for L2 while the
+     * previous kernel drains; everything else (the live count, res, h and
+     * its pieces, the routing arrays, the counter, every store) after the wait */
+    bmc_grid_trigger();
+    if constexpr (ROUTE)
+        if (threadIdx.x == 0) bmc_prefetch_l2(a.route_w, (size_t)a.n_experts * d * sizeof(float), r, gridDim.x);
+    bmc_grid_wait();
     float *res = a.res + (size_t)r * d;
     const float *h = a.h + (size_t)r * d;
     const bool live = !a.n_dev || r < *a.n_dev;
@@ -257,23 +264,19 @@ __global__ void __launch_bounds__(NORM_THREADS) add_rmsnorm_kernel(bmc_norm_args
     }
 }
 
-template <typename A, bool ROUTE> static void launch_form(const bmc_norm_args *a, cudaStream_t stream) {
-    if (a->h_form == BMC_H_HALVES)
-        add_rmsnorm_kernel<A, ROUTE, BMC_H_HALVES><<<a->rows, NORM_THREADS, 0, stream>>>(*a);
-    else if (a->h_form == BMC_H_PARTS)
-        add_rmsnorm_kernel<A, ROUTE, BMC_H_PARTS><<<a->rows, NORM_THREADS, 0, stream>>>(*a);
-    else
-        add_rmsnorm_kernel<A, ROUTE, BMC_H_ROWS><<<a->rows, NORM_THREADS, 0, stream>>>(*a);
+template <typename A, bool ROUTE>
+static cudaError_t launch_form(const bmc_norm_args *a, cudaStream_t stream, int pdl) {
+    void (*kernel)(bmc_norm_args) = a->h_form == BMC_H_HALVES  ? add_rmsnorm_kernel<A, ROUTE, BMC_H_HALVES>
+                                    : a->h_form == BMC_H_PARTS ? add_rmsnorm_kernel<A, ROUTE, BMC_H_PARTS>
+                                                               : add_rmsnorm_kernel<A, ROUTE, BMC_H_ROWS>;
+    return bmc_launch(kernel, dim3(a->rows), dim3(NORM_THREADS), 0, stream, pdl, *a);
 }
 
-template <typename A> static void launch(const bmc_norm_args *a, cudaStream_t stream) {
-    if (a->route_w)
-        launch_form<A, true>(a, stream);
-    else
-        launch_form<A, false>(a, stream);
+template <typename A> static cudaError_t launch(const bmc_norm_args *a, cudaStream_t stream, int pdl) {
+    return a->route_w ? launch_form<A, true>(a, stream, pdl) : launch_form<A, false>(a, stream, pdl);
 }
 
-cudaError_t bmc_add_rmsnorm(const bmc_norm_args *a, cudaStream_t stream) {
+cudaError_t bmc_add_rmsnorm(const bmc_norm_args *a, cudaStream_t stream, int pdl) {
     if (a->rows <= 0) return cudaSuccess;
     if (a->d > NORM_THREADS * NORM_MAX_PER_THREAD) return cudaErrorInvalidValue;
     if (a->route_w && (!a->w_b || a->n_experts < 2 || a->n_experts > NORM_MAX_EXPERTS || !a->expert_of || !a->gate ||
@@ -283,9 +286,5 @@ cudaError_t bmc_add_rmsnorm(const bmc_norm_args *a, cudaStream_t stream) {
     if (a->h_form == BMC_H_HALVES && a->h_lo_rows <= 0) return cudaErrorInvalidValue;
     if (a->h_form == BMC_H_PARTS && (!a->parts || a->n_parts < 1 || !a->parts_pos)) return cudaErrorInvalidValue;
     if (a->h_form != BMC_H_ROWS && a->h_form != BMC_H_HALVES && a->h_form != BMC_H_PARTS) return cudaErrorInvalidValue;
-    if (a->act_type == BMC_F16)
-        launch<__half>(a, stream);
-    else
-        launch<__nv_bfloat16>(a, stream);
-    return cudaGetLastError();
+    return a->act_type == BMC_F16 ? launch<__half>(a, stream, pdl) : launch<__nv_bfloat16>(a, stream, pdl);
 }

@@ -3,15 +3,26 @@
  * GEMM. One thread per (stream, channel); each stream's conv history is
  * found through its state pointer (the states are the host's objects,
  * anywhere in device memory). The arithmetic is the order of the GEMV
- * epilogue (gemv.cu, BMC_EPI_CONV_SILU), so both paths agree in f32. */
+ * epilogue (gemv.cu, BMC_EPI_CONV_SILU), so both paths agree in f32.
+ * Launched with PDL (pdl): a thread loads its channel's weights, then waits
+ * for the previous kernel before it reads the state pointer or xz. */
 #include "device_util.cuh"
 #include "kernels.cuh"
 
 #define CONV_STEP_THREADS 256
 
 __global__ void __launch_bounds__(CONV_STEP_THREADS) conv_step_kernel(const bmc_conv_step_args a) {
+    bmc_grid_trigger();
     const int b = blockIdx.y, c = blockIdx.x * CONV_STEP_THREADS + threadIdx.x;
     if (c >= a.di) return;
+    /* the channel's weights before the wait (PDL): they do not depend on earlier kernels */
+    const int km1 = a.K - 1;
+    const float *w = a.conv_w + (size_t)c * a.K;
+    float wk[BMC_MAX_CONV - 1];
+#pragma unroll
+    for (int k = 0; k < BMC_MAX_CONV - 1; k++) wk[k] = k < km1 ? w[k] : 0.0f;
+    const float w_new = w[km1], cb = a.conv_b[c];
+    bmc_grid_wait();
     float *x = a.xz + (size_t)b * a.ldxz + c;
     float *const sp = a.state_ptrs[b];
     if (!sp) { /* padding row: x_proj reads a zero input */
@@ -24,16 +35,14 @@ __global__ void __launch_bounds__(CONV_STEP_THREADS) conv_step_kernel(const bmc_
         v += x[lo];
         x[a.di] += x[lo + a.di];
     }
-    const int km1 = a.K - 1;
     float *hist = sp + a.conv_offset + (size_t)c * km1;
-    const float *w = a.conv_w + (size_t)c * a.K;
     float h[BMC_MAX_CONV];
 #pragma unroll
     for (int k = 0; k < BMC_MAX_CONV - 1; k++) h[k] = k < km1 ? hist[k] : 0.0f;
-    float conv = a.conv_b[c] + w[km1] * v;
+    float conv = cb + w_new * v;
 #pragma unroll
     for (int k = 0; k < BMC_MAX_CONV - 1; k++)
-        if (k < km1) conv += w[k] * h[k];
+        if (k < km1) conv += wk[k] * h[k];
 #pragma unroll
     for (int k = 0; k + 1 < BMC_MAX_CONV - 1; k++)
         if (k + 1 < km1) hist[k] = h[k + 1];
@@ -41,10 +50,9 @@ __global__ void __launch_bounds__(CONV_STEP_THREADS) conv_step_kernel(const bmc_
     *x = bmc_silu(conv);
 }
 
-cudaError_t bmc_conv_step(const bmc_conv_step_args *a, cudaStream_t stream) {
+cudaError_t bmc_conv_step(const bmc_conv_step_args *a, cudaStream_t stream, int pdl) {
     if (a->nb <= 0) return cudaSuccess;
     if (a->K < 1 || a->K > BMC_MAX_CONV || a->nb > 65535) return cudaErrorInvalidValue;
     const dim3 grid((a->di + CONV_STEP_THREADS - 1) / CONV_STEP_THREADS, a->nb);
-    conv_step_kernel<<<grid, CONV_STEP_THREADS, 0, stream>>>(*a);
-    return cudaGetLastError();
+    return bmc_launch(conv_step_kernel, grid, dim3(CONV_STEP_THREADS), 0, stream, pdl, *a);
 }

@@ -10,6 +10,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include <utility>
+
 /* PDL: a kernel launched with programmatic stream serialization may start
  * while its predecessor drains. It must not read anything the predecessor
  * writes (or write anything the predecessor reads) before bmc_grid_wait();
@@ -26,6 +28,24 @@ __device__ __forceinline__ void bmc_grid_trigger() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
+}
+
+/* kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream
+ * serialization when pdl is set (the kernel then keeps the rules above). */
+template <typename... Params, typename... Args>
+static inline cudaError_t bmc_launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                                     cudaStream_t stream, int pdl, Args &&...args) {
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cfg.attrs = pdl ? &attr : nullptr;
+    cfg.numAttrs = pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
 
 /* Ask L2 to fetch `bytes` of immutable data (weights a later kernel reads)

@@ -2,6 +2,7 @@
  * halves (hi = bf16(x), lo = bf16(x - hi)) stacked as separate rows, so the
  * weights are read once and the products keep f32-grade inputs. This adds
  * the lo rows' partial products onto the hi rows, with the bias if any. */
+#include "device_util.cuh"
 #include "kernels.cuh"
 #include "row_outputs.cuh"
 
@@ -9,6 +10,8 @@
 #define FOLD_COLS 4
 
 __global__ void fold_rows_kernel(float *y, int rows, int n, int ldy, int lo_rows, const float *bias) {
+    bmc_grid_trigger();
+    bmc_grid_wait(); /* PDL: y is the GEMM's output */
     float *row = y + (size_t)blockIdx.y * ldy;
     const int step = gridDim.x * blockDim.x;
     for (int k0 = blockIdx.x * blockDim.x + threadIdx.x; k0 < n; k0 += FOLD_COLS * step) {
@@ -20,10 +23,10 @@ __global__ void fold_rows_kernel(float *y, int rows, int n, int ldy, int lo_rows
     }
 }
 
-cudaError_t bmc_fold_rows(float *y, int rows, int n, int ldy, int lo_rows, const float *bias, cudaStream_t stream) {
+cudaError_t bmc_fold_rows(float *y, int rows, int n, int ldy, int lo_rows, const float *bias, cudaStream_t stream,
+                          int pdl) {
     if (rows <= 0 || n <= 0) return cudaSuccess;
     if (rows > 65535) return cudaErrorInvalidValue;
     const dim3 grid((unsigned)((n + 255) / 256 < 8 ? (n + 255) / 256 : 8), (unsigned)rows);
-    fold_rows_kernel<<<grid, 256, 0, stream>>>(y, rows, n, ldy, lo_rows, bias);
-    return cudaGetLastError();
+    return bmc_launch(fold_rows_kernel, grid, dim3(256), 0, stream, pdl, y, rows, n, ldy, lo_rows, bias);
 }

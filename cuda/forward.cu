@@ -146,7 +146,7 @@ static bm_status prefill_mamba(prefill_ctx *p, const dev_layer *L) {
     const size_t es = 2; /* bytes of a 16-bit element */
     bm_status st;
     if ((st = gemm(p, T, 2 * di, d, ps->normed16, d, wt, w->in_proj, d, ps->xz, 2 * di, BMC_GEMM_OUT_F32))) return st;
-    KTRY(bmc_add_bias(ps->xz, T, 2 * di, 2 * di, w->in_proj_bias, p->st), "in_proj bias");
+    KTRY(bmc_add_bias(ps->xz, T, 2 * di, 2 * di, w->in_proj_bias, p->st, 0), "in_proj bias");
     /* the conv and the scan run per stream, on its rows and its state */
     for (int i = 0; i < p->n_segs; i++) {
         const prefill_seg *g = &p->segs[i];
@@ -185,7 +185,7 @@ static bm_status prefill_mamba(prefill_ctx *p, const dev_layer *L) {
         KTRY(bmc_scan_prefill(&s, p->st), "scan");
     }
     if ((st = gemm(p, T, d, di, ps->y16, di, wt, w->out_proj, di, ps->h, d, BMC_GEMM_OUT_F32))) return st;
-    KTRY(bmc_add_bias(ps->h, T, d, d, w->out_proj_bias, p->st), "out_proj bias");
+    KTRY(bmc_add_bias(ps->h, T, d, d, w->out_proj_bias, p->st, 0), "out_proj bias");
     return BM_OK;
 }
 
@@ -250,11 +250,11 @@ static bm_status prefill_logits(prefill_ctx *p, int r0, int rows, float *out) {
     for (int done = 0; done < rows; done += BMC_LOGIT_ROWS) {
         const int n = rows - done < BMC_LOGIT_ROWS ? rows - done : BMC_LOGIT_ROWS;
         KTRY(bmc_add_layernorm(ps->res, ps->h, r0 + done, n, d, p->cm->final_w, p->cm->final_b, BMC_NORM_EPS,
-                               ps->final16, act16(p->cm), p->st),
+                               ps->final16, act16(p->cm), p->st, 0),
              "final norm");
         bm_status st = gemm(p, n, V, d, ps->final16, d, p->cm->wtype, p->cm->lm_head, d, ps->logits, V, BMC_GEMM_OUT_F32);
         if (st) return st;
-        KTRY(bmc_add_bias(ps->logits, n, V, V, p->cm->lm_head_bias, p->st), "LM head bias");
+        KTRY(bmc_add_bias(ps->logits, n, V, V, p->cm->lm_head_bias, p->st, 0), "LM head bias");
         KTRY(cudaMemcpyAsync(out + (size_t)done * V, ps->logits, (size_t)n * V * sizeof(float), cudaMemcpyDeviceToHost,
                              p->st),
              "copying logits");
@@ -298,7 +298,7 @@ static bm_status prefill_chunk(prefill_ctx *p, float *logits, int all_positions)
             na.out_b_f32 = ps->normed_moe;
             na.out_b_16 = ps->moe16;
         }
-        KTRY(bmc_add_rmsnorm(&na, p->st), "residual add and norm");
+        KTRY(bmc_add_rmsnorm(&na, p->st, 0), "residual add and norm");
         bm_status st;
         if (L->has_mamba && (st = prefill_mamba(p, L))) return st;
         if (L->n_experts > 0 && (st = prefill_moe(p, L, parallel))) return st;

@@ -205,6 +205,12 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
     cudaStream_t st = cs->stream;
     const int d = c->d_model, di = c->d_inner, R = c->dt_rank, N = c->d_state, xd = R + 2 * N;
     const int F = c->ffn_hidden, g = c->swiglu ? 2 : 1, wt = cm->wtype, V = c->vocab_size, B2 = 2 * B;
+    /* Programmatic dependent launch for every kernel after the embedding
+     * (each waits for its predecessor before it reads an activation or
+     * writes: device_util.cuh); the cuBLASLt GEMMs are plain launches. Off
+     * in the profiling mode: the events between the launches would order
+     * them anyway, and each operation's time stays its own. */
+    const int pdl = cm->pdl && !rs->profile;
     rs->n_ev = 0;
     if (!capturing) mark(rs, st, 0);
     RTRY(cudaMemcpyAsync(rs->tokens, rs->h_tokens, (size_t)B * sizeof(int32_t), cudaMemcpyHostToDevice, st),
@@ -282,13 +288,13 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
             na.expert_start = starts;
             na.counter = rs->route_counter;
         }
-        RTRY(bmc_add_rmsnorm(&na, st), "residual add, norm and routing");
+        RTRY(bmc_add_rmsnorm(&na, st, pdl), "residual add, norm and routing");
         MARK(1); /* with the fold or scatter of the last block when the norm finished it */
         if (L->has_mamba) {
             const dev_mamba *w = &L->mamba;
             STRY(bmc_session_gemm(cs, st, B2, 2 * di, d, rs->normed16, d, wt, w->in_proj, d, rs->xz, 2 * di,
                                   BMC_GEMM_OUT_F32));
-            RTRY(bmc_add_bias(rs->xz, B, 2 * di, 2 * di, w->in_proj_bias, st), "in_proj bias");
+            RTRY(bmc_add_bias(rs->xz, B, 2 * di, 2 * di, w->in_proj_bias, st, pdl), "in_proj bias");
             MARK(2);
             bmc_conv_step_args ca;
             memset(&ca, 0, sizeof ca);
@@ -302,21 +308,21 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
             ca.conv_offset = (long long)bmi_state_conv_offset(c, L->mamba_index);
             ca.conv_w = w->conv_w;
             ca.conv_b = w->conv_b;
-            RTRY(bmc_conv_step(&ca, st), "conv step");
+            RTRY(bmc_conv_step(&ca, st, pdl), "conv step");
             MARK(3);
-            RTRY(bmc_x_proj_rows(rs->xz, 2 * di, B, di, w->x_proj, wt, xd, rs->xdbl, xd, 0, st),
-                 "x_proj");
+            RTRY(bmc_x_proj_rows(rs->xz, 2 * di, B, di, w->x_proj, wt, xd, rs->xdbl, xd, 0, st, pdl), "x_proj");
             MARK(4);
             bmc_step_scan_args sa = bmc_layer_scan_args(c, L, B, rs->xz, rs->xdbl, rs->state_ptrs);
             sa.y16 = rs->y16;
             sa.act_type = wt;
             sa.y_lo_rows = B;
-            RTRY(bmc_scan_step(&sa, wt, st, 0), "scan step");
+            RTRY(bmc_scan_step(&sa, wt, st, pdl), "scan step");
             MARK(6);
             STRY(bmc_session_gemm(cs, st, B2, d, di, rs->y16, di, wt, w->out_proj, di, rs->h, d, BMC_GEMM_OUT_F32));
             h_form = !parallel && norm_follows ? BMC_H_HALVES : BMC_H_ROWS;
             h_bias = w->out_proj_bias;
-            if (h_form == BMC_H_ROWS) RTRY(bmc_fold_rows(rs->h, B, d, d, B, w->out_proj_bias, st), "out_proj halves");
+            if (h_form == BMC_H_ROWS)
+                RTRY(bmc_fold_rows(rs->h, B, d, d, B, w->out_proj_bias, st, pdl), "out_proj halves");
             MARK(7);
         }
         if (L->n_experts > 0) {
@@ -343,6 +349,7 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
             ma.act = (int)c->activation;
             ma.y = rs->m16;
             ma.ldy = F;
+            ma.pdl = pdl;
             RTRY(bmc_moe_gemm(&ma, wt, st), "expert fc1");
             MARK(9);
             memset(&ma, 0, sizeof ma);
@@ -369,6 +376,7 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
             ma.y_rows = E >= 2 ? rs->order : NULL;
             ma.gates = E >= 2 ? rs->gate : NULL;
             ma.add = parallel;
+            ma.pdl = pdl;
             RTRY(bmc_moe_gemm(&ma, wt, st), "expert fc2");
             h_form = split > 1 && norm_follows ? BMC_H_PARTS : BMC_H_ROWS;
             h_parts = split;
@@ -376,16 +384,17 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
             h_parts_add = parallel;
             if (split > 1 && h_form == BMC_H_ROWS)
                 RTRY(bmc_scatter_parts(rs->eout, split, (long long)B * d, rs->n_dev, rs->order, rs->gate, L->fc2_bias,
-                                       rs->expert_of, B, d, parallel, rs->h, st),
+                                       rs->expert_of, B, d, parallel, rs->h, st, pdl),
                      "expert outputs to their rows");
             MARK(10);
         }
     }
     if (head) {
-        RTRY(bmc_add_layernorm(rs->res, rs->h, 0, B, d, cm->final_w, cm->final_b, BMC_NORM_EPS, rs->final16, wt, st),
+        RTRY(bmc_add_layernorm(rs->res, rs->h, 0, B, d, cm->final_w, cm->final_b, BMC_NORM_EPS, rs->final16, wt, st,
+                               pdl),
              "final norm");
         STRY(bmc_session_gemm(cs, st, B, V, d, rs->final16, d, wt, cm->lm_head, d, rs->logits, V, BMC_GEMM_OUT_F32));
-        RTRY(bmc_add_bias(rs->logits, B, V, V, cm->lm_head_bias, st), "LM head bias");
+        RTRY(bmc_add_bias(rs->logits, B, V, V, cm->lm_head_bias, st, pdl), "LM head bias");
         MARK(11);
     }
 #undef MARK

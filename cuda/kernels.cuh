@@ -7,7 +7,11 @@
  * Conventions: activations and the recurrent state are f32; weights are a
  * 16-bit type named by `wtype` (BMC_BF16 or BMC_F16), row-major [out, in] as
  * in the checkpoint; "rows" are tokens. `pdl` asks for a programmatic
- * dependent launch (decode graphs on sm_90; see device_util.cuh). */
+ * dependent launch (decode graphs on sm_90; see device_util.cuh): the
+ * kernel may start while the one before it drains and waits for it before
+ * it reads activations or writes anything. Pass it only in a chain whose
+ * kernels all keep that rule (the decode paths); prefill and harnesses
+ * pass 0. */
 #ifndef BM_CUDA_KERNELS_CUH
 #define BM_CUDA_KERNELS_CUH
 
@@ -34,8 +38,10 @@ cudaError_t bmc_embed(const int32_t *tokens, int rows, const void *E, int wtype,
 /* ---- add_rmsnorm.cu -------------------------------------------------------- */
 /* For each row: if add, res += h; then up to two RMSNorms of res (weights
  * w_a, w_b; NULL skips) written as f32 and/or 16-bit (any output NULL is
- * skipped). Prefill and the decode row path; the GEMV decode path fuses this
- * into the projection kernels. */
+ * skipped). Prefill and the decode row path (pdl there: each block waits
+ * before it reads *n_dev, res or h; with routing the router weights are
+ * fetched into L2 before the wait); the GEMV decode path fuses this into
+ * the projection kernels. */
 /* The forms in which h may hold the last block's output (h_form): the
  * decode row path leaves two GEMM outputs unfinished and the norm finishes
  * them as it reads them, with row_outputs.cuh's operations in their order,
@@ -98,12 +104,12 @@ typedef struct bmc_norm_args {
     int *order, *pos_of, *expert_start;
     unsigned *counter;
 } bmc_norm_args;
-cudaError_t bmc_add_rmsnorm(const bmc_norm_args *a, cudaStream_t stream);
+cudaError_t bmc_add_rmsnorm(const bmc_norm_args *a, cudaStream_t stream, int pdl);
 
 /* ---- final_norm.cu --------------------------------------------------------- */
 /* out[i] = LayerNorm(res[r0 + i] + h[r0 + i]; w, b) for i < rows, as 16-bit. */
 cudaError_t bmc_add_layernorm(const float *res, const float *h, int r0, int rows, int d, const float *w,
-                              const float *b, float eps, void *out, int act_type, cudaStream_t stream);
+                              const float *b, float eps, void *out, int act_type, cudaStream_t stream, int pdl);
 
 /* ---- gemm.cu --------------------------------------------------------------- */
 /* y[t, n] = sum_k x[t, k] * W[n, k] (+ bias[n]) for t < m, n < n_out through
@@ -135,11 +141,12 @@ int bmc_gemm(void *lt_handle, bmc_gemm_cache *cache, void *workspace, size_t wor
 /* y[r, j] += y[r + lo_rows, j] (+ bias[j]) for r < rows, j < n (f32, stride
  * ldy): the decode row path's GEMMs multiply the hi and lo halves of their
  * inputs as separate rows; this adds the two partial products. */
-cudaError_t bmc_fold_rows(float *y, int rows, int n, int ldy, int lo_rows, const float *bias, cudaStream_t stream);
+cudaError_t bmc_fold_rows(float *y, int rows, int n, int ldy, int lo_rows, const float *bias, cudaStream_t stream,
+                          int pdl);
 
 /* ---- bias.cu --------------------------------------------------------------- */
 /* y[t, j] += bias[j] for t < rows, j < n (f32 y with row stride ldy). */
-cudaError_t bmc_add_bias(float *y, int rows, int n, int ldy, const float *bias, cudaStream_t stream);
+cudaError_t bmc_add_bias(float *y, int rows, int n, int ldy, const float *bias, cudaStream_t stream, int pdl);
 
 /* ---- gemv.cu: the decode projections --------------------------------------- */
 enum {
@@ -290,7 +297,7 @@ cudaError_t bmc_scan_step(const bmc_step_scan_args *a, int wtype, cudaStream_t s
  * force one (harness). */
 #define BMC_X_PROJ_VARIANTS 7
 cudaError_t bmc_x_proj_rows(const float *u, int ldu, int rows, int K, const void *W, int wtype, int n_out, float *y,
-                            int ldy, int variant, cudaStream_t stream);
+                            int ldy, int variant, cudaStream_t stream, int pdl);
 
 /* ---- conv_step.cu ---------------------------------------------------------- */
 /* Row path: the causal conv of one token per stream. For row b < nb and
@@ -311,7 +318,7 @@ typedef struct bmc_conv_step_args {
     long long conv_offset;
     const float *conv_w, *conv_b;
 } bmc_conv_step_args;
-cudaError_t bmc_conv_step(const bmc_conv_step_args *a, cudaStream_t stream);
+cudaError_t bmc_conv_step(const bmc_conv_step_args *a, cudaStream_t stream, int pdl);
 
 /* ---- moe_gemm.cu ------------------------------------------------------------- */
 /* Row path MoE: a grouped GEMM over rows sorted by expert. Rows
@@ -362,6 +369,7 @@ typedef struct bmc_moe_gemm_args {
                                 (junk output) (harness), 14: the TMA + wgmma kernel (moe_gemm_sm90.cu; sm_90a
                                 builds on an sm_90 device only, else cudaErrorNotSupported) */
     int k_split;             /* PARTIAL: slices of K (grid z), >= 1 */
+    int pdl;                 /* the launch's `pdl` (above), for the GEMM kernel and the wgmma path's gather */
 } bmc_moe_gemm_args;
 cudaError_t bmc_moe_gemm(const bmc_moe_gemm_args *a, int wtype, cudaStream_t stream);
 /* moe_gemm_sm90.cu: the same GEMM on the TMA + wgmma path (variant 14).
@@ -428,7 +436,7 @@ cudaError_t bmc_gather_rows(const void *src, const int *order, int rows, int d, 
  * the same order: dst[p * plane_rows + i] = src[p * plane_rows + order[i]]
  * (the hi and lo halves of the row path's 16-bit inputs). */
 cudaError_t bmc_gather_rows_planes(const void *src, const int *order, int rows, int d, int planes, int plane_rows,
-                                   void *dst, cudaStream_t stream);
+                                   void *dst, cudaStream_t stream, int pdl);
 
 /* ---- gated_act.cu ---------------------------------------------------------- */
 /* m[i, f] = act(a[i, f] + b1) * (a[i, F + f] + b2) (swiglu) or act(a[i, f] + b)
@@ -447,7 +455,7 @@ cudaError_t bmc_scatter_rows(const float *y, const int *order, const float *gate
  * set (the decode row path's live rows). */
 cudaError_t bmc_scatter_parts(const float *y, int parts, long long part_stride, const int *n_dev, const int *order,
                               const float *gate, const float *bias, const int *expert_of, int rows, int d, int add,
-                              float *h, cudaStream_t stream);
+                              float *h, cudaStream_t stream, int pdl);
 
 /* ---- sample.cu ------------------------------------------------------------- */
 /* bm_sample on the device (blackmamba.h, Sampling), one block per row of

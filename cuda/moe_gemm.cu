@@ -10,7 +10,12 @@
  * comes from L2), blockIdx.y the output tiles. The accumulators go through
  * shared memory to a fused epilogue: the gated activation of fc1 (a tile
  * holds output features f and N + f together) or the gate-scaled scatter of
- * fc2 back to the token rows. */
+ * fc2 back to the token rows.
+ *
+ * Every kernel here starts by waiting for the previous one (bmc_grid_wait:
+ * a no-op unless the row path launches it with PDL, a->pdl): which expert
+ * and rows a block takes is the routing's output, so nothing useful can
+ * come before. */
 #include <mma.h>
 #include <stdlib.h>
 
@@ -50,6 +55,8 @@ __global__ void __launch_bounds__(MG_THREADS(TN)) moe_gemm_kernel(const bmc_moe_
     extern __shared__ float4 mg_smem[];
     T *smem = reinterpret_cast<T *>(mg_smem);
     __shared__ int s_xrow[TM];
+    bmc_grid_trigger();
+    bmc_grid_wait(); /* PDL: the routing (expert_start, x_rows) and X come from earlier kernels */
 
     /* which expert and rows this block has */
     const int tile = blockIdx.x;
@@ -197,8 +204,7 @@ static cudaError_t mg_launch(const bmc_moe_gemm_args *a, cudaStream_t stream) {
     const dim3 grid((unsigned)((a->max_rows + TM - 1) / TM + (a->expert_start ? a->E : 0)),
                     (unsigned)((a->N + per_tile - 1) / per_tile),
                     (unsigned)(a->mode == BMC_MOE_PARTIAL ? (a->k_split > 0 ? a->k_split : 1) : 1));
-    moe_gemm_kernel<T, TM, TN, STAGES><<<grid, MG_THREADS(TN), smem, stream>>>(*a);
-    return cudaGetLastError();
+    return bmc_launch(moe_gemm_kernel<T, TM, TN, STAGES>, grid, dim3(MG_THREADS(TN)), smem, stream, a->pdl, *a);
 }
 
 /* Tile choice by the rows an expert gets on average: 16-row tiles up to 16
@@ -452,6 +458,8 @@ __device__ __forceinline__ void ms_units(const bmc_moe_gemm_args &a, Pass &&pass
 template <typename T, int STAGES, int KS, bool WEIGHTS_ONLY>
 __global__ void __launch_bounds__(MS_THREADS, 2) moe_stream_kernel(const bmc_moe_gemm_args a) {
     extern __shared__ uint4 ms_ring[]; /* per warp: STAGES slots of 16 rows x KS */
+    bmc_grid_trigger();
+    bmc_grid_wait(); /* PDL: the routing and X come from earlier kernels */
     const T *X = reinterpret_cast<const T *>(a.X);
     uint4 *ring = ms_ring + (size_t)(threadIdx.x >> 5) * STAGES * 16 * (KS / 8); /* this warp's slots */
     const int K = a.K;
@@ -576,6 +584,8 @@ __device__ __forceinline__ void md_pass(float (&acc)[MD_MAX_NT][4], const T *wro
 
 template <typename T, bool WEIGHTS_ONLY>
 __global__ void __launch_bounds__(MS_THREADS, 2) moe_direct_kernel(const bmc_moe_gemm_args a) {
+    bmc_grid_trigger();
+    bmc_grid_wait(); /* PDL: the routing and X come from earlier kernels */
     const T *X = reinterpret_cast<const T *>(a.X);
     const int K = a.K;
     ms_units<T, MD_MAX_NT, MD_KS>(a, [&](float (&acc)[MD_MAX_NT][4], int nt, const T *wrow0, int nv0, const T *wrow8,
@@ -624,8 +634,7 @@ static cudaError_t ms_start(Kernel kernel, int smem, int carveout, const bmc_moe
     if (e == cudaSuccess) e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, carveout);
     if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, MS_THREADS, smem);
     if (e != cudaSuccess) return e;
-    kernel<<<sms * max(per_sm, 1), MS_THREADS, smem, stream>>>(*a);
-    return cudaGetLastError();
+    return bmc_launch(kernel, dim3(sms * max(per_sm, 1)), dim3(MS_THREADS), smem, stream, a->pdl, *a);
 }
 
 template <typename T, int STAGES, int KS, bool WEIGHTS_ONLY>

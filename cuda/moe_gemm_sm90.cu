@@ -27,7 +27,12 @@
  *
  * Units are dealt round robin over the blocks, consecutive units being
  * neighbouring weight tiles of the same expert and pass, so the blocks that
- * run together share the expert's activations in L2. */
+ * run together share the expert's activations in L2.
+ *
+ * Under PDL (a->pdl, the row path) a block initialises its barriers and
+ * prefetches the two tensor maps while the previous kernel (the gather, or
+ * fc1) drains, then waits before it reads the routing and before the
+ * producer's first TMA copy. */
 #include <cuda.h> /* CUtensorMap and its encoder's types; the encoder comes from the driver at run time */
 #include <stdlib.h>
 
@@ -279,12 +284,22 @@ __global__ void __launch_bounds__(MW_THREADS, 1)
     unsigned char *smem = reinterpret_cast<unsigned char *>(((uintptr_t)mw_smem_raw + 1023) & ~(uintptr_t)1023);
     __shared__ uint64_t full[MW_MAX_STAGES], empty[MW_MAX_STAGES];
     __shared__ int s_unit0[65]; /* first unit of each expert; s_unit0[E]: all units */
+    /* PDL: the barriers and the tensor maps (kernel parameters) are set up
+     * while the previous kernel drains; the routing, the batch rows (the
+     * gather's output, read by TMA) and every store come after the wait */
+    bmc_grid_trigger();
     if (threadIdx.x == 0) {
         for (int i = 0; i < stages; i++) {
             mbar_init(&full[i], 1); /* the producer's expect_tx, then the bytes */
             mbar_init(&empty[i], 8);                    /* every consumer warp */
         }
         mbar_init_fence();
+    } else if (threadIdx.x == 256) {
+        asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&wmap)) : "memory");
+        asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&xmap)) : "memory");
+    }
+    bmc_grid_wait();
+    if (threadIdx.x == 0) {
         int run = 0;
         for (int e = 0; e < p.E; e++) {
             s_unit0[e] = run;
@@ -411,8 +426,8 @@ static cudaError_t mw_start(const bmc_moe_gemm_args *a, const CUtensorMap &wmap,
     const int smem = stages * stage_bytes + 1024; /* + the alignment of the ring to 1024 bytes */
     e = cudaFuncSetAttribute(moe_wgmma_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e != cudaSuccess) return e;
-    moe_wgmma_kernel<T><<<sms, MW_THREADS, smem, stream>>>(*a, wmap, xmap, p, stages);
-    return cudaGetLastError();
+    return bmc_launch(moe_wgmma_kernel<T>, dim3(sms), dim3(MW_THREADS), smem, stream, a->pdl, *a, wmap, xmap, p,
+                      stages);
 }
 
 template <typename T> static cudaError_t mw_launch(const bmc_moe_gemm_args *a, cudaStream_t stream) {
@@ -460,7 +475,7 @@ template <typename T> static cudaError_t mw_launch(const bmc_moe_gemm_args *a, c
     const void *X = a->X;
     if (a->x_rows) {
         cudaError_t e = bmc_gather_rows_planes(a->X, a->x_rows, a->max_rows, a->ldx, split ? 2 : 1, a->x_lo_rows,
-                                               a->x_sorted, stream);
+                                               a->x_sorted, stream, a->pdl);
         if (e != cudaSuccess) return e;
         X = a->x_sorted;
     }

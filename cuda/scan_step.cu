@@ -4,7 +4,8 @@
  * Two kernels: the GEMV path's (a few streams: sixteen lanes serve one
  * channel, one lane per state entry, and the dt_proj dot product is split
  * across the same lanes) and the row path's (many streams: one thread per
- * stream and channel, below). */
+ * stream and channel, below). The GEMV path's kernel takes the PDL
+ * attribute (pdl); the row path's not yet (SR_PDL). */
 #include "device_util.cuh"
 #include "kernels.cuh"
 
@@ -96,6 +97,7 @@ static size_t sr_smem_bytes(int R) {
 
 template <typename T>
 __global__ void __launch_bounds__(SR_THREADS, 3) scan_rows_kernel(const bmc_step_scan_args a) {
+    /* TODO(pdl): bmc_grid_trigger/wait */
     extern __shared__ float4 sr_smem[];
     const int R = a.R, Rp = sr_r_padded(R), ldw = Rp + 1, ldx = Rp + 2 * BMC_D_STATE;
     float *const w_dt = reinterpret_cast<float *>(sr_smem);
@@ -224,7 +226,13 @@ __global__ void __launch_bounds__(SR_THREADS, 3) scan_rows_kernel(const bmc_step
     }
 }
 
-template <typename T> static cudaError_t scan_rows_launch(const bmc_step_scan_args *a, cudaStream_t stream) {
+/* Whether the row path's scan takes the PDL attribute: 0 until
+ * scan_rows_kernel waits (bmc_grid_wait) before it reads the state pointers,
+ * xz and xdbl; launched early without that wait it would read x_proj's
+ * output before x_proj has written it. TODO(pdl): 1 with the two calls. */
+#define SR_PDL 0
+
+template <typename T> static cudaError_t scan_rows_launch(const bmc_step_scan_args *a, cudaStream_t stream, int pdl) {
     const size_t smem = sr_smem_bytes(a->R);
     if (smem > 48 * 1024) { /* dt_rank above ~200 */
         const cudaError_t e =
@@ -232,8 +240,7 @@ template <typename T> static cudaError_t scan_rows_launch(const bmc_step_scan_ar
         if (e != cudaSuccess) return e;
     }
     const dim3 grid((a->di + SR_CHANNELS - 1) / SR_CHANNELS, (a->nb + SR_STREAMS - 1) / SR_STREAMS);
-    scan_rows_kernel<T><<<grid, SR_THREADS, smem, stream>>>(*a);
-    return cudaGetLastError();
+    return bmc_launch(scan_rows_kernel<T>, grid, dim3(SR_THREADS), smem, stream, SR_PDL && pdl, *a);
 }
 
 cudaError_t bmc_scan_step(const bmc_step_scan_args *a, int wtype, cudaStream_t stream, int pdl) {
@@ -243,8 +250,8 @@ cudaError_t bmc_scan_step(const bmc_step_scan_args *a, int wtype, cudaStream_t s
         if (a->y || a->act_type != wtype || a->di % 8 || a->ssm_offset % 4 ||
             (a->nb + SR_STREAMS - 1) / SR_STREAMS > 65535)
             return cudaErrorInvalidValue;
-        if (wtype == BMC_F16) return scan_rows_launch<__half>(a, stream);
-        return scan_rows_launch<__nv_bfloat16>(a, stream);
+        if (wtype == BMC_F16) return scan_rows_launch<__half>(a, stream, pdl);
+        return scan_rows_launch<__nv_bfloat16>(a, stream, pdl);
     }
     if (!a->y || a->nb > 65535) return cudaErrorInvalidValue;
     cudaLaunchAttribute attr;

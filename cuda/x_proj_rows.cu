@@ -22,7 +22,10 @@
  * columns x 64 contiguous bytes of Wx, each lane's 16 bytes unpacked once
  * and used for all the warp's BMW rows, whose 8 inputs per row come as two
  * float4 loads (the same for the 8 lanes of one kl). The 4 K lanes of a
- * column are added by shuffles at the end. */
+ * column are added by shuffles at the end.
+ *
+ * Launched with PDL in the row path (pdl): a block asks L2 for its weight
+ * rows, then waits for the conv step before it reads u. */
 #include "device_util.cuh"
 #include "kernels.cuh"
 
@@ -40,6 +43,7 @@ __global__ void __launch_bounds__(XP_THREADS, 3) x_proj_rows_kernel(const float 
     const int kl = lane & 3, cl = lane >> 2, kg = warp % KW, rg = warp / KW;
     const int row0 = blockIdx.y * BM + rg * BMW;
     const int nr = min(BMW, rows - row0); /* the same for the whole warp; <= 0 past the last row */
+    bmc_grid_trigger();
     const uint4 *wp[CPL];
     bool wok[CPL];
 #pragma unroll
@@ -48,6 +52,13 @@ __global__ void __launch_bounds__(XP_THREADS, 3) x_proj_rows_kernel(const float 
         wok[i] = j < n_out;
         wp[i] = reinterpret_cast<const uint4 *>(W + (size_t)(wok[i] ? j : 0) * K);
     }
+    /* PDL: the block's weight rows start for L2 (the row blocks of a column
+     * tile take a share each) while the conv step drains; u only after the wait */
+    if (threadIdx.x == 0) {
+        const int j0 = blockIdx.x * BN;
+        bmc_prefetch_l2(W + (size_t)j0 * K, (size_t)min(BN, n_out - j0) * K * sizeof(T), blockIdx.y, gridDim.y);
+    }
+    bmc_grid_wait();
     float acc[BMW][CPL];
 #pragma unroll
     for (int r = 0; r < BMW; r++)
@@ -121,29 +132,28 @@ static int xp_choose(int rows) { return rows <= 128 ? 1 : rows <= 512 ? 2 : 3; }
 
 template <typename T, int BMW, int CPL, int RW>
 static cudaError_t xp_launch(const float *u, int ldu, int rows, int K, const void *W, int n_out, float *y, int ldy,
-                             cudaStream_t stream) {
+                             cudaStream_t stream, int pdl) {
     const dim3 grid((unsigned)((n_out + 8 * CPL - 1) / (8 * CPL)), (unsigned)((rows + BMW * RW - 1) / (BMW * RW)));
-    x_proj_rows_kernel<T, BMW, CPL, RW>
-        <<<grid, XP_THREADS, 0, stream>>>(u, ldu, rows, K, reinterpret_cast<const T *>(W), n_out, y, ldy);
-    return cudaGetLastError();
+    return bmc_launch(x_proj_rows_kernel<T, BMW, CPL, RW>, grid, dim3(XP_THREADS), 0, stream, pdl, u, ldu, rows, K,
+                      reinterpret_cast<const T *>(W), n_out, y, ldy);
 }
 
 template <typename T>
 static cudaError_t xp_dispatch(int shape, const float *u, int ldu, int rows, int K, const void *W, int n_out, float *y,
-                               int ldy, cudaStream_t stream) {
+                               int ldy, cudaStream_t stream, int pdl) {
     switch (shape) {
-    case 0: return xp_launch<T, 1, 1, 1>(u, ldu, rows, K, W, n_out, y, ldy, stream);
-    case 1: return xp_launch<T, 2, 2, 1>(u, ldu, rows, K, W, n_out, y, ldy, stream);
-    case 2: return xp_launch<T, 4, 2, 1>(u, ldu, rows, K, W, n_out, y, ldy, stream);
-    case 3: return xp_launch<T, 4, 4, 1>(u, ldu, rows, K, W, n_out, y, ldy, stream);
-    case 4: return xp_launch<T, 4, 4, 2>(u, ldu, rows, K, W, n_out, y, ldy, stream);
-    case 5: return xp_launch<T, 4, 4, 4>(u, ldu, rows, K, W, n_out, y, ldy, stream);
-    default: return xp_launch<T, 4, 4, 8>(u, ldu, rows, K, W, n_out, y, ldy, stream);
+    case 0: return xp_launch<T, 1, 1, 1>(u, ldu, rows, K, W, n_out, y, ldy, stream, pdl);
+    case 1: return xp_launch<T, 2, 2, 1>(u, ldu, rows, K, W, n_out, y, ldy, stream, pdl);
+    case 2: return xp_launch<T, 4, 2, 1>(u, ldu, rows, K, W, n_out, y, ldy, stream, pdl);
+    case 3: return xp_launch<T, 4, 4, 1>(u, ldu, rows, K, W, n_out, y, ldy, stream, pdl);
+    case 4: return xp_launch<T, 4, 4, 2>(u, ldu, rows, K, W, n_out, y, ldy, stream, pdl);
+    case 5: return xp_launch<T, 4, 4, 4>(u, ldu, rows, K, W, n_out, y, ldy, stream, pdl);
+    default: return xp_launch<T, 4, 4, 8>(u, ldu, rows, K, W, n_out, y, ldy, stream, pdl);
     }
 }
 
 cudaError_t bmc_x_proj_rows(const float *u, int ldu, int rows, int K, const void *W, int wtype, int n_out, float *y,
-                            int ldy, int variant, cudaStream_t stream) {
+                            int ldy, int variant, cudaStream_t stream, int pdl) {
     if (rows <= 0 || n_out <= 0) return cudaSuccess;
     if (K <= 0 || K % 8 || ldu % 4 || ((uintptr_t)u & 15) || ((uintptr_t)W & 15) || variant < 0 ||
         variant > XP_SHAPES)
@@ -151,6 +161,6 @@ cudaError_t bmc_x_proj_rows(const float *u, int ldu, int rows, int K, const void
     const int shape = variant ? variant - 1 : xp_choose(rows);
     const int bm = xp_shapes[shape].bmw * xp_shapes[shape].rw;
     if ((rows + bm - 1) / bm > 65535) return cudaErrorInvalidValue;
-    if (wtype == BMC_F16) return xp_dispatch<__half>(shape, u, ldu, rows, K, W, n_out, y, ldy, stream);
-    return xp_dispatch<__nv_bfloat16>(shape, u, ldu, rows, K, W, n_out, y, ldy, stream);
+    if (wtype == BMC_F16) return xp_dispatch<__half>(shape, u, ldu, rows, K, W, n_out, y, ldy, stream, pdl);
+    return xp_dispatch<__nv_bfloat16>(shape, u, ldu, rows, K, W, n_out, y, ldy, stream, pdl);
 }

@@ -197,7 +197,7 @@ static void check_case(int E, int rows, int K, int N, const int *counts, int spl
         a.y = d_part;
         a.ldy = K;
         DEV_CUDA(bmc_moe_gemm(&a, BMC_BF16, 0));
-        DEV_CUDA(bmc_scatter_parts(d_part, 3, (long long)rows * K, d_n, d_order, d_g, d_b2, d_expert_of, rows, K, 0, d_y, 0));
+        DEV_CUDA(bmc_scatter_parts(d_part, 3, (long long)rows * K, d_n, d_order, d_g, d_b2, d_expert_of, rows, K, 0, d_y, 0, 0));
         DEV_CUDA(cudaDeviceSynchronize());
         float *yh = (float *)malloc((size_t)rows * K * 4);
         dev_download(yh, d_y, (size_t)rows * K);
@@ -369,7 +369,7 @@ int main(void) {
             a3.variant = split_variants[i];
             t_split[i] = dev_time_us(15, [&](int) {
                 DEV_CUDA(bmc_moe_gemm(&a3, BMC_BF16, 0));
-                DEV_CUDA(bmc_scatter_parts(d_part, split, (long long)rows * d, d_n, d_order, d_g, NULL, NULL, rows, d, 0, d_y, 0));
+                DEV_CUDA(bmc_scatter_parts(d_part, split, (long long)rows * d, d_n, d_order, d_g, NULL, NULL, rows, d, 0, d_y, 0, 0));
             });
         }
         printf(" %6.0f %7.1f | %-5d", bytes / (t_auto * 1e-6) / 1e9, flops / (t_auto * 1e-6) / 1e12, split);

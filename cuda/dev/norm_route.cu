@@ -138,7 +138,7 @@ static void run_case(const route_case &c, int rep) {
     na.pos_of = d_pos;
     na.expert_start = d_start;
     na.counter = d_counter;
-    DEV_CUDA(bmc_add_rmsnorm(&na, 0));
+    DEV_CUDA(bmc_add_rmsnorm(&na, 0, 0));
     DEV_CUDA(cudaDeviceSynchronize());
 
     unsigned counter = 1;
@@ -261,10 +261,10 @@ static void time_rows(int B) {
     na.lo_rows = B;
     na.w_b = d_w;
     na.out_b_16 = d_16;
-    const double plain = dev_time_us(200, [&](int) { DEV_CUDA(bmc_add_rmsnorm(&na, 0)); });
+    const double plain = dev_time_us(200, [&](int) { DEV_CUDA(bmc_add_rmsnorm(&na, 0, 0)); });
     na.out_b_f32 = d_y;
     const double pair = dev_time_us(200, [&](int) {
-        DEV_CUDA(bmc_add_rmsnorm(&na, 0));
+        DEV_CUDA(bmc_add_rmsnorm(&na, 0, 0));
         DEV_CUDA(bmc_route_rows(d_y, B, d_n, d, d_rw, d_rb, E, d_expert, d_gate, d_order, d_start, 0));
     });
     na.out_b_f32 = NULL; /* as the row path runs it: nothing reads the f32 rows any more */
@@ -278,7 +278,7 @@ static void time_rows(int B) {
     na.pos_of = d_pos;
     na.expert_start = d_start;
     na.counter = d_counter;
-    const double fused = dev_time_us(200, [&](int) { DEV_CUDA(bmc_add_rmsnorm(&na, 0)); });
+    const double fused = dev_time_us(200, [&](int) { DEV_CUDA(bmc_add_rmsnorm(&na, 0, 0)); });
     DEV_CUDA(cudaDeviceSynchronize());
     printf("rows %4d, E 8, d %d: norm alone %.1f us, norm + bmc_route_rows %.1f us, fused %.1f us\n", B, d, plain,
            pair, fused);
@@ -444,12 +444,12 @@ static void run_form_case(const form_case &c) {
     /* the launch pair */
     form_bufs pb = upload_form_bufs(res, h, h_floats, rows, expert, gate, order, pos);
     if (halves)
-        DEV_CUDA(bmc_fold_rows(pb.h, rows, d, d, rows, d_bias, 0));
+        DEV_CUDA(bmc_fold_rows(pb.h, rows, d, d, rows, d_bias, 0, 0));
     else
         DEV_CUDA(bmc_scatter_parts(d_parts, split, (long long)rd, d_n, pb.order, pb.gate, d_bias, pb.expert, rows, d,
-                                   c.add, pb.h, 0));
+                                   c.add, pb.h, 0, 0));
     bmc_norm_args na = form_norm_args(c, pb, d_w, d_rw, d_rb, d_n);
-    DEV_CUDA(bmc_add_rmsnorm(&na, 0));
+    DEV_CUDA(bmc_add_rmsnorm(&na, 0, 0));
     DEV_CUDA(cudaDeviceSynchronize());
     if (c.moe) DEV_CHECK(!counter_left(), "%s: the counter is not zero after the pair", what);
 
@@ -463,7 +463,7 @@ static void run_form_case(const form_case &c) {
     } else {
         set_parts(na, fb, d_parts, split, d_bias, c.add);
     }
-    DEV_CUDA(bmc_add_rmsnorm(&na, 0));
+    DEV_CUDA(bmc_add_rmsnorm(&na, 0, 0));
     DEV_CUDA(cudaDeviceSynchronize());
     if (c.moe) DEV_CHECK(!counter_left(), "%s: the counter is not zero after the fused launch", what);
 
@@ -575,13 +575,13 @@ static void time_forms(int B) {
     /* the Mamba norm: PARTS reads the routing in b, which nothing rewrites here */
     bmc_norm_args plain = form_norm_args(c, b, d_w, d_rw, d_rb, d_n), fused = plain;
     set_parts(fused, b, d_parts, split, d_bias, 0);
-    const double alone = dev_time_loop_us(reps, loop, [&](int) { DEV_CUDA(bmc_add_rmsnorm(&plain, 0)); });
+    const double alone = dev_time_loop_us(reps, loop, [&](int) { DEV_CUDA(bmc_add_rmsnorm(&plain, 0, 0)); });
     const double scatter_pair = dev_time_loop_us(reps, loop, [&](int) {
         DEV_CUDA(bmc_scatter_parts(d_parts, split, (long long)rd, d_n, b.order, b.gate, d_bias, b.expert, B, d, 0, b.h,
-                                   0));
-        DEV_CUDA(bmc_add_rmsnorm(&plain, 0));
+                                   0, 0));
+        DEV_CUDA(bmc_add_rmsnorm(&plain, 0, 0));
     });
-    const double parts_fused = dev_time_loop_us(reps, loop, [&](int) { DEV_CUDA(bmc_add_rmsnorm(&fused, 0)); });
+    const double parts_fused = dev_time_loop_us(reps, loop, [&](int) { DEV_CUDA(bmc_add_rmsnorm(&fused, 0, 0)); });
 
     /* the MoE norm: its routing rewrites b's routing, which the Mamba norm above no longer reads */
     c.moe = 1;
@@ -591,12 +591,12 @@ static void time_forms(int B) {
     fused.h_form = BMC_H_HALVES;
     fused.h_lo_rows = B;
     fused.h_bias = d_bias; /* any d floats */
-    const double route_alone = dev_time_loop_us(reps, loop, [&](int) { DEV_CUDA(bmc_add_rmsnorm(&plain, 0)); });
+    const double route_alone = dev_time_loop_us(reps, loop, [&](int) { DEV_CUDA(bmc_add_rmsnorm(&plain, 0, 0)); });
     const double fold_pair = dev_time_loop_us(reps, loop, [&](int) {
-        DEV_CUDA(bmc_fold_rows(b.h, B, d, d, B, d_bias, 0));
-        DEV_CUDA(bmc_add_rmsnorm(&plain, 0));
+        DEV_CUDA(bmc_fold_rows(b.h, B, d, d, B, d_bias, 0, 0));
+        DEV_CUDA(bmc_add_rmsnorm(&plain, 0, 0));
     });
-    const double halves_fused = dev_time_loop_us(reps, loop, [&](int) { DEV_CUDA(bmc_add_rmsnorm(&fused, 0)); });
+    const double halves_fused = dev_time_loop_us(reps, loop, [&](int) { DEV_CUDA(bmc_add_rmsnorm(&fused, 0, 0)); });
     DEV_CUDA(cudaDeviceSynchronize());
     printf("rows %4d, d %d, fc2 in %d slices, per launch: Mamba norm alone %.2f us, bmc_scatter_parts + norm %.2f us, "
            "PARTS norm %.2f us\n",

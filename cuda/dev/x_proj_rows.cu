@@ -73,11 +73,11 @@ static void run_case(const xp_case &c) {
         snprintf(what, sizeof what, "rows %d K %d outputs %d %s variant %d", rows, K, n,
                  c.act == BMC_F16 ? "f16" : "bf16", v);
         DEV_CUDA(cudaMemset(d_y, 0xff, (size_t)rows * ldy * 4));
-        DEV_CUDA(bmc_x_proj_rows(d_xz, ldu, rows, K, d_w, c.act, n, d_y, ldy, v, 0));
+        DEV_CUDA(bmc_x_proj_rows(d_xz, ldu, rows, K, d_w, c.act, n, d_y, ldy, v, 0, 0));
         DEV_CUDA(cudaDeviceSynchronize());
         dev_download(y, d_y, (size_t)rows * ldy);
         DEV_CUDA(cudaMemset(d_y, 0xff, (size_t)rows * ldy * 4));
-        DEV_CUDA(bmc_x_proj_rows(d_xz, ldu, rows, K, d_w, c.act, n, d_y, ldy, v, 0));
+        DEV_CUDA(bmc_x_proj_rows(d_xz, ldu, rows, K, d_w, c.act, n, d_y, ldy, v, 0, 0));
         DEV_CUDA(cudaDeviceSynchronize());
         dev_download(y2, d_y, (size_t)rows * ldy);
         int outside = 0, over = 0;
@@ -125,7 +125,7 @@ static void time_rows(int rows, cublasLtHandle_t lt, bmc_gemm_cache *cache, void
            fmas / 1e6);
     for (int v = 0; v <= BMC_X_PROJ_VARIANTS; v++) {
         const double us = dev_time_loop_us(50, 20, [&](int) {
-            bmc_x_proj_rows(d_xz, ldu, rows, K, d_w, BMC_BF16, n, d_y, n, v, 0);
+            bmc_x_proj_rows(d_xz, ldu, rows, K, d_w, BMC_BF16, n, d_y, n, v, 0, 0);
         });
         char label[32];
         snprintf(label, sizeof label, v ? "shape %d" : "its choice", v);
@@ -136,7 +136,7 @@ static void time_rows(int rows, cublasLtHandle_t lt, bmc_gemm_cache *cache, void
     bmc_gemm_args g = {2 * rows, n, K, d_u16, K, BMC_BF16, d_w, K, d_y, n, BMC_GEMM_OUT_F32};
     const double us = dev_time_loop_us(50, 20, [&](int) {
         bmc_gemm(lt, cache, ws, 32u << 20, &g, 0, &what);
-        bmc_fold_rows(d_y, rows, n, n, rows, NULL, 0);
+        bmc_fold_rows(d_y, rows, n, n, rows, NULL, 0, 0);
     });
     printf("  cuBLASLt on the two halves + fold: %.2f us\n", us);
     cudaFree(d_xz); cudaFree(d_w); cudaFree(d_u16); cudaFree(d_y);
