@@ -19,16 +19,7 @@ __global__ void embed_kernel(const int32_t *tokens, const T *E, int d, float *h,
 template <typename T>
 static cudaError_t launch(const int32_t *tokens, int rows, const void *E, int d, float *h, float *res_zero,
                           cudaStream_t stream, int pdl) {
-    cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr.val.programmaticStreamSerializationAllowed = 1;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(rows);
-    cfg.blockDim = dim3(256);
-    cfg.stream = stream;
-    cfg.attrs = &attr;
-    cfg.numAttrs = pdl ? 1 : 0;
-    return cudaLaunchKernelEx(&cfg, embed_kernel<T>, tokens, (const T *)E, d, h, res_zero);
+    return bmc_launch(embed_kernel<T>, dim3(rows), dim3(256), 0, stream, pdl, tokens, (const T *)E, d, h, res_zero);
 }
 
 cudaError_t bmc_embed(const int32_t *tokens, int rows, const void *E, int wtype, int d, float *h, float *res_zero,

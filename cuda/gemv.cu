@@ -356,17 +356,8 @@ static cudaError_t launch(const bmc_gemv_args *a, int ksplit, int sm_count, cuda
                                              (int)smem);
         if (e != cudaSuccess) return e;
     }
-    cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr.val.programmaticStreamSerializationAllowed = 1;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((n_pairs + ppb - 1) / ppb, slots);
-    cfg.blockDim = dim3(GEMV_THREADS);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = stream;
-    cfg.attrs = &attr;
-    cfg.numAttrs = pdl ? 1 : 0;
-    return cudaLaunchKernelEx(&cfg, gemv_kernel<T, MAXB, ROUTE>, *a, ksplit, gated);
+    return bmc_launch(gemv_kernel<T, MAXB, ROUTE>, dim3((n_pairs + ppb - 1) / ppb, slots), dim3(GEMV_THREADS), smem,
+                      stream, pdl, *a, ksplit, gated);
 }
 
 int bmc_gemv_max_blocks(int rows) { return (rows + 1) / 2; /* ksplit 8: one row pair per block */ }

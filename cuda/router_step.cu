@@ -102,15 +102,5 @@ cudaError_t bmc_router_step(const bmc_router_step_args *a, cudaStream_t stream, 
         cudaError_t e = cudaFuncSetAttribute(router_step_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (e != cudaSuccess) return e;
     }
-    cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr.val.programmaticStreamSerializationAllowed = 1;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(1);
-    cfg.blockDim = dim3(ROUTER_THREADS);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = stream;
-    cfg.attrs = &attr;
-    cfg.numAttrs = pdl ? 1 : 0;
-    return cudaLaunchKernelEx(&cfg, router_step_kernel, *a, w_in_smem);
+    return bmc_launch(router_step_kernel, dim3(1), dim3(ROUTER_THREADS), smem, stream, pdl, *a, w_in_smem);
 }

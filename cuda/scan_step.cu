@@ -254,15 +254,7 @@ cudaError_t bmc_scan_step(const bmc_step_scan_args *a, int wtype, cudaStream_t s
         return scan_rows_launch<__nv_bfloat16>(a, stream, pdl);
     }
     if (!a->y || a->nb > 65535) return cudaErrorInvalidValue;
-    cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr.val.programmaticStreamSerializationAllowed = 1;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((a->di + CHANNELS_PER_BLOCK - 1) / CHANNELS_PER_BLOCK, a->nb);
-    cfg.blockDim = dim3(STEP_THREADS);
-    cfg.stream = stream;
-    cfg.attrs = &attr;
-    cfg.numAttrs = pdl ? 1 : 0;
-    if (wtype == BMC_F16) return cudaLaunchKernelEx(&cfg, scan_step_kernel<__half>, *a);
-    return cudaLaunchKernelEx(&cfg, scan_step_kernel<__nv_bfloat16>, *a);
+    const dim3 grid((a->di + CHANNELS_PER_BLOCK - 1) / CHANNELS_PER_BLOCK, a->nb);
+    if (wtype == BMC_F16) return bmc_launch(scan_step_kernel<__half>, grid, dim3(STEP_THREADS), 0, stream, pdl, *a);
+    return bmc_launch(scan_step_kernel<__nv_bfloat16>, grid, dim3(STEP_THREADS), 0, stream, pdl, *a);
 }
