@@ -4,8 +4,7 @@
  * Two kernels: the GEMV path's (a few streams: sixteen lanes serve one
  * channel, one lane per state entry, and the dt_proj dot product is split
  * across the same lanes) and the row path's (many streams: one thread per
- * stream and channel, below). The GEMV path's kernel takes the PDL
- * attribute (pdl); the row path's not yet (SR_PDL). */
+ * stream and channel, below). Both take the PDL attribute (pdl). */
 #include "device_util.cuh"
 #include "kernels.cuh"
 
@@ -62,11 +61,12 @@ __global__ void __launch_bounds__(STEP_THREADS) scan_step_kernel(const bmc_step_
  * channels (one per lane) of SR_STREAMS streams (SR_SPT per warp); each
  * thread holds its channel's 16 state entries of each of its streams as four
  * float4, so a warp reads and writes 32 x 64 contiguous bytes of one
- * stream's state and the C readout needs no shuffles. The state loads are
- * issued first (they wait on the pointer, then on DRAM); while they are in
- * flight the block puts its channels' dt_proj rows (as f32, one row per
- * channel at an odd stride, so the 32 lanes reading one column hit 32
- * banks) and its streams' dt, B and C (zero-padded to a multiple of 4) in
+ * stream's state and the C readout needs no shuffles. The block first puts
+ * its channels' dt_proj rows in shared memory (as f32, one row per channel
+ * at an odd stride, so the 32 lanes reading one column hit 32 banks): weights
+ * only, so under PDL this overlaps the end of x_proj. Then the state loads
+ * are issued (they wait on the pointer, then on DRAM), and while they are in
+ * flight its streams' dt, B and C (zero-padded to a multiple of 4) come into
  * shared memory. Each thread then forms dt for its streams from there: one
  * weight read serves all SR_SPT streams, and a stream's values are a
  * broadcast float4. Two streams per thread also share the channel's
@@ -97,7 +97,7 @@ static size_t sr_smem_bytes(int R) {
 
 template <typename T>
 __global__ void __launch_bounds__(SR_THREADS, 3) scan_rows_kernel(const bmc_step_scan_args a) {
-    /* TODO(pdl): bmc_grid_trigger/wait */
+    bmc_grid_trigger();
     extern __shared__ float4 sr_smem[];
     const int R = a.R, Rp = sr_r_padded(R), ldw = Rp + 1, ldx = Rp + 2 * BMC_D_STATE;
     float *const w_dt = reinterpret_cast<float *>(sr_smem);
@@ -107,43 +107,15 @@ __global__ void __launch_bounds__(SR_THREADS, 3) scan_rows_kernel(const bmc_step
     const bool live = c < a.di;
     const int cr = live ? c : c0; /* a channel whose constants exist */
 
-    float *sp[SR_SPT];
-    float4 s[SR_SPT][4];
-    float u[SR_SPT], z[SR_SPT];
-#pragma unroll
-    for (int j = 0; j < SR_SPT; j++) {
-        const int b = b_first + j;
-        sp[j] = b < a.nb ? a.state_ptrs[b] : nullptr;
-        u[j] = z[j] = 0.0f;
-#pragma unroll
-        for (int q = 0; q < 4; q++) s[j][q] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (sp[j] && live) {
-            /* streamed: the next read of this state is a step away, after every other layer's traffic */
-            const float4 *st = reinterpret_cast<const float4 *>(sp[j] + a.ssm_offset + (size_t)c * BMC_D_STATE);
-#pragma unroll
-            for (int q = 0; q < 4; q++) s[j][q] = __ldcs(st + q);
-            u[j] = a.xz[(size_t)b * 2 * a.di + c];
-            z[j] = a.xz[(size_t)b * 2 * a.di + a.di + c];
-        }
-    }
     const float4 *A = reinterpret_cast<const float4 *>(a.A + (size_t)cr * BMC_D_STATE); /* read at use: L1 */
     const float Dc = a.D[cr], bias = a.dt_bias[cr];
 
-    /* Shared memory in one round trip to L2: the block's dt_proj rows lie
-     * back to back (n_ch R elements, n_ch % 8 == 0), so they come as 16-byte
-     * vectors, all loaded before any is converted and stored; the streams'
-     * dt, B and C by cp.async (4 bytes each: an xdbl row need not be 16-byte
-     * aligned), zeros for the padding. */
+    /* The block's dt_proj rows into shared memory, in one round trip to L2:
+     * they lie back to back (n_ch R elements, n_ch % 8 == 0), so they come
+     * as 16-byte vectors, all loaded before any is converted and stored.
+     * Weights only, so under PDL this runs while x_proj drains. */
     const int n_ch = min(SR_CHANNELS, a.di - c0), n_vec = n_ch * R / 8;
     const uint4 *wv = reinterpret_cast<const uint4 *>(reinterpret_cast<const T *>(a.dt_proj) + (size_t)c0 * R);
-    for (int i = warp; i < SR_STREAMS; i += SR_WARPS) {
-        const int b = blockIdx.y * SR_STREAMS + i;
-        const float *xd = a.xdbl + (size_t)min(b, a.nb - 1) * a.ldxdbl;
-        for (int col = lane; col < ldx; col += 32) {
-            const bool valid = b < a.nb && (col < R || col >= Rp);
-            bmc_cp_async4(rows_x + i * ldx + col, xd + (!valid ? 0 : col < R ? col : R + col - Rp), valid);
-        }
-    }
     uint4 raw[SR_W_VECS];
 #pragma unroll
     for (int i = 0; i < SR_W_VECS; i++) {
@@ -171,6 +143,37 @@ __global__ void __launch_bounds__(SR_THREADS, 3) scan_rows_kernel(const bmc_step
             const int ch = i / Rp, r = i - ch * Rp;
             if (ch >= n_ch || r >= R) w_dt[ch * ldw + r] = 0.0f;
         }
+    bmc_grid_wait(); /* the state pointers, xz and xdbl come from earlier kernels */
+
+    float *sp[SR_SPT];
+    float4 s[SR_SPT][4];
+    float u[SR_SPT], z[SR_SPT];
+#pragma unroll
+    for (int j = 0; j < SR_SPT; j++) {
+        const int b = b_first + j;
+        sp[j] = b < a.nb ? a.state_ptrs[b] : nullptr;
+        u[j] = z[j] = 0.0f;
+#pragma unroll
+        for (int q = 0; q < 4; q++) s[j][q] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (sp[j] && live) {
+            /* streamed: the next read of this state is a step away, after every other layer's traffic */
+            const float4 *st = reinterpret_cast<const float4 *>(sp[j] + a.ssm_offset + (size_t)c * BMC_D_STATE);
+#pragma unroll
+            for (int q = 0; q < 4; q++) s[j][q] = __ldcs(st + q);
+            u[j] = a.xz[(size_t)b * 2 * a.di + c];
+            z[j] = a.xz[(size_t)b * 2 * a.di + a.di + c];
+        }
+    }
+    /* the streams' dt, B and C by cp.async (4 bytes each: an xdbl row need
+     * not be 16-byte aligned), zeros for the padding */
+    for (int i = warp; i < SR_STREAMS; i += SR_WARPS) {
+        const int b = blockIdx.y * SR_STREAMS + i;
+        const float *xd = a.xdbl + (size_t)min(b, a.nb - 1) * a.ldxdbl;
+        for (int col = lane; col < ldx; col += 32) {
+            const bool valid = b < a.nb && (col < R || col >= Rp);
+            bmc_cp_async4(rows_x + i * ldx + col, xd + (!valid ? 0 : col < R ? col : R + col - Rp), valid);
+        }
+    }
     bmc_cp_async_wait_all();
     __syncthreads();
 
@@ -226,12 +229,6 @@ __global__ void __launch_bounds__(SR_THREADS, 3) scan_rows_kernel(const bmc_step
     }
 }
 
-/* Whether the row path's scan takes the PDL attribute: 0 until
- * scan_rows_kernel waits (bmc_grid_wait) before it reads the state pointers,
- * xz and xdbl; launched early without that wait it would read x_proj's
- * output before x_proj has written it. TODO(pdl): 1 with the two calls. */
-#define SR_PDL 0
-
 template <typename T> static cudaError_t scan_rows_launch(const bmc_step_scan_args *a, cudaStream_t stream, int pdl) {
     const size_t smem = sr_smem_bytes(a->R);
     if (smem > 48 * 1024) { /* dt_rank above ~200 */
@@ -240,7 +237,7 @@ template <typename T> static cudaError_t scan_rows_launch(const bmc_step_scan_ar
         if (e != cudaSuccess) return e;
     }
     const dim3 grid((a->di + SR_CHANNELS - 1) / SR_CHANNELS, (a->nb + SR_STREAMS - 1) / SR_STREAMS);
-    return bmc_launch(scan_rows_kernel<T>, grid, dim3(SR_THREADS), smem, stream, SR_PDL && pdl, *a);
+    return bmc_launch(scan_rows_kernel<T>, grid, dim3(SR_THREADS), smem, stream, pdl, *a);
 }
 
 cudaError_t bmc_scan_step(const bmc_step_scan_args *a, int wtype, cudaStream_t stream, int pdl) {
