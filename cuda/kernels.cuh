@@ -430,6 +430,28 @@ cudaError_t bmc_route_rows(const float *normed, int T, const int *n_dev, int d, 
                            cudaStream_t stream);
 
 /* ---- moe_rows.cu ----------------------------------------------------------- */
+/* The decode row path's grouping of its rows by expert after the routing
+ * norm, and optionally the gather of their 16-bit rows in that order, in one
+ * launch (one block per row, none waiting on another; pdl: each block waits
+ * before it reads anything). The stable counting sort of the live rows (below
+ * *n_dev; n_dev NULL: all rows) by expert_of: order[i] = the row at sorted
+ * position i, ascending expert and ties by row index, order[i] = i for the
+ * padding positions i >= *n_dev; pos_of its inverse (pos_of[order[i]] = i);
+ * expert_start[E+1] the exclusive prefix of the experts' live rows, with
+ * expert_start[E] = *n_dev. The padding rows' expert_of is not read. With
+ * dst, as bmc_gather_rows_planes through that order: dst[p * plane_rows + i]
+ * = src[p * plane_rows + order[i]] for i < rows, p < planes. */
+typedef struct bmc_group_args {
+    int rows;                           /* the bucket, padding rows included */
+    const int *n_dev;                   /* the live rows, on the device (NULL: all) */
+    int E;                              /* 2..64 */
+    const int *expert_of;               /* [rows] */
+    int *order, *pos_of, *expert_start; /* out: [rows], [rows], [E+1] */
+    const void *src;                    /* 16-bit rows of d; planes blocks of plane_rows (>= rows) rows */
+    int d, planes, plane_rows;
+    void *dst;                          /* NULL: no gather */
+} bmc_group_args;
+cudaError_t bmc_group_rows(const bmc_group_args *a, cudaStream_t stream, int pdl);
 /* dst[i] = src[order[i]] for i < rows (16-bit rows of d). */
 cudaError_t bmc_gather_rows(const void *src, const int *order, int rows, int d, void *dst, cudaStream_t stream);
 /* The same for `planes` blocks of rows plane_rows apart, each gathered by
