@@ -85,24 +85,16 @@ typedef struct bmc_norm_args {
     int parts_add;
     /* Optional (route_w NULL: none): the top-1 routing of the b-norm's rows,
      * as bmc_route_rows does it, in the same launch (the decode row path's
-     * MoE layers: no second launch, no router reloads, no serial tail).
-     * Each row's E logits come from its f32 b-norm (what out_b_f32 gets);
-     * expert_of and gate (sigmoid of the best logit, lowest index on ties)
-     * are written for the live rows only, and the last block to finish
-     * groups the live rows by expert (stable): order[i] = the row at sorted
-     * position i, order[i] = i for the padding positions, pos_of its
-     * inverse (pos_of[order[i]] = i), expert_start[E+1] with expert_start[E]
-     * = the live rows. The PARTS inputs may be these same arrays (the
-     * previous MoE layer's routing): a block reads its own row's before it
-     * counts as done, and the grouping starts after every block has.
-     * counter: one unsigned on the device, zero before the launch; the last
-     * block leaves it zero again (graph replays). */
+     * MoE layers: no second launch, no router reloads). Each row's E logits
+     * come from its f32 b-norm (what out_b_f32 gets); expert_of and gate
+     * (sigmoid of the best logit, lowest index on ties) are written for the
+     * live rows only. The grouping by expert is bmc_group_rows' (moe_rows.cu),
+     * launched after. The PARTS inputs may be these same arrays (the previous
+     * MoE layer's routing): a block reads its own row's before it writes it. */
     const float *route_w, *route_b; /* f32 [E, d], [E] */
     int n_experts;                  /* 2..64 */
     int *expert_of;
     float *gate;
-    int *order, *pos_of, *expert_start;
-    unsigned *counter;
 } bmc_norm_args;
 cudaError_t bmc_add_rmsnorm(const bmc_norm_args *a, cudaStream_t stream, int pdl);
 
@@ -422,9 +414,9 @@ cudaError_t bmc_route_prefill(const float *normed, int T, int d, const float *ro
 /* The same with the live row count on the device: only the first *n_dev of
  * T rows (the rest are padding) are routed and grouped; order[i] = i for the
  * padding positions i >= *n_dev, expert_start[E] = *n_dev. Nothing is copied
- * to the host. The decode row path now routes inside bmc_add_rmsnorm; this
- * stays as the reference and the baseline of its harness
- * (cuda/dev/norm_route.cu). */
+ * to the host. The decode row path now routes inside bmc_add_rmsnorm and
+ * groups with bmc_group_rows; this stays as the reference and the baseline
+ * of their harness (cuda/dev/norm_route.cu). */
 cudaError_t bmc_route_rows(const float *normed, int T, const int *n_dev, int d, const float *router_w,
                            const float *router_b, int E, int *expert_of, float *gate, int *order, int *expert_start,
                            cudaStream_t stream);
