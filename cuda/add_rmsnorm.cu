@@ -9,11 +9,11 @@
  * result is the f32 row the separate launch would have stored.
  *
  * With routing (the decode row path's MoE norm) the block also takes its
- * row's router logits from those registers, and the last block to finish
- * groups the rows by expert. A separate routing launch would reload the
- * normalised rows and the router, and its serial tail (a few blocks, then a
- * single-warp sort) sat on the critical path of every MoE layer; here the
- * logits are spread over one block per row and only the grouping is serial. */
+ * row's router logits from those registers, its top-1 expert and gate: a
+ * separate routing launch would reload the normalised rows and the router.
+ * The grouping of the rows by expert needs every row's expert; it is the
+ * next launch's (bmc_group_rows, moe_rows.cu), so no block here waits on
+ * the others. */
 #include "device_util.cuh"
 #include "kernels.cuh"
 #include "row_outputs.cuh"
@@ -28,81 +28,6 @@
 /* Logits accumulated in registers together: bounds the registers the routing
  * adds; more experts take more passes over the row, not more barriers. */
 #define NORM_EXPERT_CHUNK 8
-/* Rows whose experts the grouping keeps in shared memory (the row path's
- * largest batch); rows beyond are read from L2 again in the second pass. */
-#define NORM_GROUP_CACHE 1024
-
-/* The last block: the stable counting sort of the live rows by expert, the
- * same result as route_prefill.cu's group_kernel but with the whole block:
- * per-expert counts, an exclusive scan, then rounds of NORM_THREADS rows in
- * which a row's position is its expert's running start, plus the rows of its
- * expert in lower warps of the round, plus those in lower lanes of its warp
- * (match_any). The loops that hold a barrier or match_any make the same
- * trips in every thread. */
-__device__ void group_rows(const bmc_norm_args &a, int rows) {
-    __shared__ int next[NORM_MAX_EXPERTS], wcount[NORM_WARPS][NORM_MAX_EXPERTS], cache[NORM_GROUP_CACHE];
-    const int E = a.n_experts, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const unsigned lower = (1u << lane) - 1u;
-    const int n = a.n_dev ? min(max(*a.n_dev, 0), rows) : rows;
-    for (int i = n + threadIdx.x; i < rows; i += NORM_THREADS) {
-        a.order[i] = i;
-        a.pos_of[i] = i;
-    }
-    for (int e = threadIdx.x; e < E; e += NORM_THREADS) next[e] = 0;
-    /* other blocks wrote expert_of: read it from L2, all of it at once */
-    for (int t = threadIdx.x; t < min(n, NORM_GROUP_CACHE); t += NORM_THREADS) cache[t] = __ldcg(a.expert_of + t);
-    __syncthreads();
-    auto expert_at = [&](int t) { return t < NORM_GROUP_CACHE ? cache[t] : __ldcg(a.expert_of + t); };
-    for (int base = 0; base < n; base += NORM_THREADS) {
-        const int t = base + threadIdx.x;
-        const int e = t < n ? expert_at(t) : -1;
-        const unsigned same = __match_any_sync(0xffffffffu, e);
-        if (e >= 0 && (same & lower) == 0) atomicAdd(&next[e], __popc(same));
-    }
-    __syncthreads();
-    if (warp == 0) {
-        int run = 0;
-        for (int e0 = 0; e0 < E; e0 += 32) {
-            const int e = e0 + lane, c = e < E ? next[e] : 0;
-            int incl = c;
-#pragma unroll
-            for (int o = 1; o < 32; o <<= 1) {
-                const int u = __shfl_up_sync(0xffffffffu, incl, o);
-                if (lane >= o) incl += u;
-            }
-            if (e < E) {
-                next[e] = run + incl - c;
-                a.expert_start[e] = run + incl - c;
-            }
-            run += __shfl_sync(0xffffffffu, incl, 31);
-        }
-        if (lane == 0) a.expert_start[E] = run;
-    }
-    __syncthreads();
-    for (int base = 0; base < n; base += NORM_THREADS) {
-        const int t = base + threadIdx.x;
-        const int e = t < n ? expert_at(t) : -1;
-        const unsigned same = __match_any_sync(0xffffffffu, e);
-        for (int x = lane; x < E; x += 32) wcount[warp][x] = 0;
-        __syncwarp();
-        if (e >= 0 && (same & lower) == 0) wcount[warp][e] = __popc(same);
-        __syncthreads();
-        if (e >= 0) {
-            int at = next[e] + __popc(same & lower);
-            for (int w = 0; w < warp; w++) at += wcount[w][e];
-            a.order[at] = t;
-            a.pos_of[t] = at;
-        }
-        __syncthreads(); /* next and wcount read: advance the starts */
-        for (int x = threadIdx.x; x < E; x += NORM_THREADS) {
-            int s = 0;
-            for (int w = 0; w < NORM_WARPS; w++) s += wcount[w][x];
-            next[x] += s;
-        }
-        __syncthreads(); /* before the next round clears wcount and reads next */
-    }
-}
-
 /* ROUTE and H (h's form) are compiled only into their own instantiations,
  * so the plain norm (prefill) keeps its code and register budget. */
 template <typename A, bool ROUTE, int H>
@@ -111,7 +36,7 @@ __global__ void __launch_bounds__(NORM_THREADS) add_rmsnorm_kernel(bmc_norm_args
     const int r = blockIdx.x, d = a.d;
     /* PDL (the decode row path): the router weights start for L2 while the
      * previous kernel drains; everything else (the live count, res, h and
-     * its pieces, the routing arrays, the counter, every store) after the wait */
+     * its pieces, the routing arrays, every store) after the wait */
     bmc_grid_trigger();
     if constexpr (ROUTE)
         if (threadIdx.x == 0) bmc_prefetch_l2(a.route_w, (size_t)a.n_experts * d * sizeof(float), r, gridDim.x);
@@ -204,63 +129,49 @@ __global__ void __launch_bounds__(NORM_THREADS) add_rmsnorm_kernel(bmc_norm_args
         }
     }
     if constexpr (ROUTE) {
+        if (!live) return; /* padding rows are not routed (the whole block: the barrier below stays whole) */
         /* part: each warp's share of every logit, summed over the warps in a
          * fixed order, so a row's routing is the same on every run */
         __shared__ float part[NORM_WARPS][NORM_MAX_EXPERTS], logit[NORM_MAX_EXPERTS];
-        __shared__ bool last;
         const int E = a.n_experts, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-        if (live) { /* padding rows are not routed */
-            for (int e0 = 0; e0 < E; e0 += NORM_EXPERT_CHUNK) {
-                float acc[NORM_EXPERT_CHUNK];
+        for (int e0 = 0; e0 < E; e0 += NORM_EXPERT_CHUNK) {
+            float acc[NORM_EXPERT_CHUNK];
 #pragma unroll
-                for (int j = 0; j < NORM_EXPERT_CHUNK; j++) acc[j] = 0.0f;
+            for (int j = 0; j < NORM_EXPERT_CHUNK; j++) acc[j] = 0.0f;
 #pragma unroll
-                for (int i = 0; i < NORM_MAX_PER_THREAD; i++) {
-                    const int k = threadIdx.x + i * NORM_THREADS;
-                    if (k >= d) continue;
-                    const float *w = a.route_w + (size_t)e0 * d + k;
+            for (int i = 0; i < NORM_MAX_PER_THREAD; i++) {
+                const int k = threadIdx.x + i * NORM_THREADS;
+                if (k >= d) continue;
+                const float *w = a.route_w + (size_t)e0 * d + k;
 #pragma unroll
-                    for (int j = 0; j < NORM_EXPERT_CHUNK; j++)
-                        if (e0 + j < E) acc[j] += v[i] * __ldg(w + (size_t)j * d);
-                }
+                for (int j = 0; j < NORM_EXPERT_CHUNK; j++)
+                    if (e0 + j < E) acc[j] += v[i] * __ldg(w + (size_t)j * d);
+            }
 #pragma unroll
-                for (int j = 0; j < NORM_EXPERT_CHUNK; j++) {
-                    const float s = bmc_warp_sum(acc[j]);
-                    if (lane == 0 && e0 + j < E) part[warp][e0 + j] = s;
-                }
+            for (int j = 0; j < NORM_EXPERT_CHUNK; j++) {
+                const float s = bmc_warp_sum(acc[j]);
+                if (lane == 0 && e0 + j < E) part[warp][e0 + j] = s;
             }
         }
         __syncthreads();
-        if (warp == 0) {
-            if (live) {
-                for (int e = lane; e < E; e += 32) {
-                    float s = 0.0f;
-                    for (int w = 0; w < NORM_WARPS; w++) s += part[w][e];
-                    logit[e] = s + (a.route_b ? a.route_b[e] : 0.0f);
-                }
-                __syncwarp();
-            }
-            if (lane == 0) {
-                if (live) {
-                    int best = 0;
-                    float best_logit = logit[0];
-                    for (int e = 1; e < E; e++)
-                        if (logit[e] > best_logit) { /* lowest index on ties, as the CPU */
-                            best_logit = logit[e];
-                            best = e;
-                        }
-                    a.expert_of[r] = best;
-                    a.gate[r] = bmc_sigmoid(best_logit);
-                }
-                __threadfence(); /* expert_of visible before this block counts as done */
-                last = atomicAdd(a.counter, 1u) == gridDim.x - 1;
-            }
+        if (warp != 0) return;
+        for (int e = lane; e < E; e += 32) {
+            float s = 0.0f;
+            for (int w = 0; w < NORM_WARPS; w++) s += part[w][e];
+            logit[e] = s + (a.route_b ? a.route_b[e] : 0.0f);
         }
-        __syncthreads();
-        if (!last) return;
-        __threadfence(); /* see every other block's expert_of */
-        group_rows(a, (int)gridDim.x);
-        if (threadIdx.x == 0) *a.counter = 0u; /* every block has counted: ready for the next launch */
+        __syncwarp();
+        if (lane == 0) {
+            int best = 0;
+            float best_logit = logit[0];
+            for (int e = 1; e < E; e++)
+                if (logit[e] > best_logit) { /* lowest index on ties, as the CPU */
+                    best_logit = logit[e];
+                    best = e;
+                }
+            a.expert_of[r] = best;
+            a.gate[r] = bmc_sigmoid(best_logit);
+        }
     }
 }
 
@@ -279,8 +190,7 @@ template <typename A> static cudaError_t launch(const bmc_norm_args *a, cudaStre
 cudaError_t bmc_add_rmsnorm(const bmc_norm_args *a, cudaStream_t stream, int pdl) {
     if (a->rows <= 0) return cudaSuccess;
     if (a->d > NORM_THREADS * NORM_MAX_PER_THREAD) return cudaErrorInvalidValue;
-    if (a->route_w && (!a->w_b || a->n_experts < 2 || a->n_experts > NORM_MAX_EXPERTS || !a->expert_of || !a->gate ||
-                       !a->order || !a->pos_of || !a->expert_start || !a->counter))
+    if (a->route_w && (!a->w_b || a->n_experts < 2 || a->n_experts > NORM_MAX_EXPERTS || !a->expert_of || !a->gate))
         return cudaErrorInvalidValue;
     if (a->h_form != BMC_H_ROWS && !a->add) return cudaErrorInvalidValue;
     if (a->h_form == BMC_H_HALVES && a->h_lo_rows <= 0) return cudaErrorInvalidValue;

@@ -138,10 +138,9 @@ typedef struct rows_scratch {
     int *n_dev;                       /* live rows of this step */
     double *u;                        /* the sampler's draws */
     float *res, *h, *xz, *xdbl, *gate, *eout, *logits;
-    void *normed16, *moe16, *y16, *sorted16, *m16, *final16; /* sorted16: moe16 gathered in expert order (fc1 on the wgmma path) */
+    void *normed16, *moe16, *y16, *sorted16, *m16, *final16; /* sorted16: moe16 gathered in expert order (fc1's input) */
     int *expert_of, *order, *pos_of;  /* pos_of: order's inverse, where the next norm finds a row's fc2 slices */
     int *expert_start;                /* [n_layers][max_experts + 1]: each MoE layer keeps its own */
-    unsigned *route_counter;          /* the routing norm's blocks-done count: zero between launches */
     /* pinned host staging, BMC_MAX_ROWS rows */
     char *pinned;
     int32_t *h_tokens, *h_sampled;

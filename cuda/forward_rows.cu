@@ -6,8 +6,9 @@
  * GEMM (cuBLASLt), the conv step per stream (conv_step.cu), x_proj on the
  * CUDA cores from the f32 u (x_proj_rows.cu), the scan step per stream
  * (scan_step.cu: dt_proj and the state update, 16-bit y), out_proj GEMM. Per MoE
- * layer: add + RMSNorm with the top-1 routing and the grouping of the rows by
- * expert in the same kernel (add_rmsnorm.cu), then fc1 and fc2 as
+ * layer: add + RMSNorm with the top-1 routing in the same kernel
+ * (add_rmsnorm.cu), the grouping of the rows by expert and the gather of
+ * their 16-bit halves in that order (moe_rows.cu), then fc1 and fc2 as
  * grouped GEMMs over the sorted rows (moe_gemm.cu), the gated activation
  * and the gate-scaled scatter fused in their epilogues: each expert's
  * weights are read once per tile of 64 of its rows, and only the experts the
@@ -128,7 +129,7 @@ static bm_status reserve_rows(cuda_session *cs, const bm_model *m, int rows) {
         2 * B * 2 * di * 4, B * xd * 4, B * 4, part_rows * d * 4, B * V * 4, /* xz, xdbl, gate, eout, logits */
         2 * B * d * 2, 2 * B * d * 2, 2 * B * di * 2,           /* normed16, moe16, y16 */
         2 * B * d * 2, 2 * B * F * 2, B * d * 2,                /* sorted16, m16, final16 */
-        B * 4, B * 4, B * 4, starts * 4, 16                     /* expert_of, order, pos_of, expert_start, route_counter */
+        B * 4, B * 4, B * 4, starts * 4                         /* expert_of, order, pos_of, expert_start */
     };
     const int n = (int)(sizeof sizes / sizeof sizes[0]);
     size_t total = 0;
@@ -176,7 +177,6 @@ static bm_status reserve_rows(cuda_session *cs, const bm_model *m, int rows) {
     rs->order = (int *)ptr[i++];
     rs->pos_of = (int *)ptr[i++];
     rs->expert_start = (int *)ptr[i++];
-    rs->route_counter = (unsigned *)ptr[i++]; /* zeroed with the rest; each routing norm leaves it zero */
     rs->mem = mem;
     rs->cap = rows;
     return BM_OK;
@@ -234,8 +234,10 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
      * layer's are finished by their launch (the final LayerNorm reads plain
      * rows), and so is a parallel layer's out_proj: fc2 adds onto it.
      * The PARTS form reads rs->eout, pos_of, gate and expert_of of this
-     * layer, which nothing rewrites before the next norm reads them (the
-     * next routing regroups only after every row of it has been read). */
+     * layer, which nothing rewrites before the next norm reads them (a
+     * routing norm rewrites a row's expert and gate in the block that has
+     * just read them, and the grouping that rewrites pos_of is the launch
+     * after it). */
     int h_form = BMC_H_ROWS, h_parts = 0, h_parts_add = 0;
     const float *h_bias = NULL, *h_parts_bias = NULL;
     for (int i = 0; i < c->n_layers; i++) {
@@ -283,10 +285,6 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
             na.n_experts = L->n_experts;
             na.expert_of = rs->expert_of;
             na.gate = rs->gate;
-            na.order = rs->order;
-            na.pos_of = rs->pos_of;
-            na.expert_start = starts;
-            na.counter = rs->route_counter;
         }
         RTRY(bmc_add_rmsnorm(&na, st, pdl), "residual add, norm and routing");
         MARK(1); /* with the fold or scatter of the last block when the norm finished it */
@@ -327,7 +325,27 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
         }
         if (L->n_experts > 0) {
             const int E = L->n_experts;
-            MARK(8); /* the routing ran in the norm: kept so the profile's columns stay comparable */
+            if (E >= 2) {
+                /* the rows grouped by expert (the norm chose the experts) and
+                 * their two halves gathered into that order: fc1 reads sorted16
+                 * as it is (no gather of its own on the wgmma path) */
+                bmc_group_args ga;
+                memset(&ga, 0, sizeof ga);
+                ga.rows = B;
+                ga.n_dev = rs->n_dev;
+                ga.E = E;
+                ga.expert_of = rs->expert_of;
+                ga.order = rs->order;
+                ga.pos_of = rs->pos_of;
+                ga.expert_start = starts;
+                ga.src = rs->moe16;
+                ga.d = d;
+                ga.planes = 2;
+                ga.plane_rows = B;
+                ga.dst = rs->sorted16;
+                RTRY(bmc_group_rows(&ga, st, pdl), "grouping the rows by expert");
+            }
+            MARK(8); /* "route": the grouping and gather (the routing itself ran in the norm) */
             bmc_moe_gemm_args ma;
             memset(&ma, 0, sizeof ma);
             ma.mode = c->swiglu ? BMC_MOE_GATED : BMC_MOE_ACT;
@@ -335,10 +353,8 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
             ma.K = d;
             ma.E = E;
             ma.max_rows = B;
-            ma.X = rs->moe16;
+            ma.X = E >= 2 ? rs->sorted16 : rs->moe16; /* rows in the sorted order: no x_rows */
             ma.ldx = d;
-            ma.x_rows = E >= 2 ? rs->order : NULL;
-            ma.x_sorted = rs->sorted16;
             ma.x_lo_rows = B;
             ma.y_lo_rows = B;
             ma.W = L->fc1;

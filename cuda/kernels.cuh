@@ -85,24 +85,16 @@ typedef struct bmc_norm_args {
     int parts_add;
     /* Optional (route_w NULL: none): the top-1 routing of the b-norm's rows,
      * as bmc_route_rows does it, in the same launch (the decode row path's
-     * MoE layers: no second launch, no router reloads, no serial tail).
-     * Each row's E logits come from its f32 b-norm (what out_b_f32 gets);
-     * expert_of and gate (sigmoid of the best logit, lowest index on ties)
-     * are written for the live rows only, and the last block to finish
-     * groups the live rows by expert (stable): order[i] = the row at sorted
-     * position i, order[i] = i for the padding positions, pos_of its
-     * inverse (pos_of[order[i]] = i), expert_start[E+1] with expert_start[E]
-     * = the live rows. The PARTS inputs may be these same arrays (the
-     * previous MoE layer's routing): a block reads its own row's before it
-     * counts as done, and the grouping starts after every block has.
-     * counter: one unsigned on the device, zero before the launch; the last
-     * block leaves it zero again (graph replays). */
+     * MoE layers: no second launch, no router reloads). Each row's E logits
+     * come from its f32 b-norm (what out_b_f32 gets); expert_of and gate
+     * (sigmoid of the best logit, lowest index on ties) are written for the
+     * live rows only. The grouping by expert is bmc_group_rows' (moe_rows.cu),
+     * launched after. The PARTS inputs may be these same arrays (the previous
+     * MoE layer's routing): a block reads its own row's before it writes it. */
     const float *route_w, *route_b; /* f32 [E, d], [E] */
     int n_experts;                  /* 2..64 */
     int *expert_of;
     float *gate;
-    int *order, *pos_of, *expert_start;
-    unsigned *counter;
 } bmc_norm_args;
 cudaError_t bmc_add_rmsnorm(const bmc_norm_args *a, cudaStream_t stream, int pdl);
 
@@ -422,14 +414,36 @@ cudaError_t bmc_route_prefill(const float *normed, int T, int d, const float *ro
 /* The same with the live row count on the device: only the first *n_dev of
  * T rows (the rest are padding) are routed and grouped; order[i] = i for the
  * padding positions i >= *n_dev, expert_start[E] = *n_dev. Nothing is copied
- * to the host. The decode row path now routes inside bmc_add_rmsnorm; this
- * stays as the reference and the baseline of its harness
- * (cuda/dev/norm_route.cu). */
+ * to the host. The decode row path now routes inside bmc_add_rmsnorm and
+ * groups with bmc_group_rows; this stays as the reference and the baseline
+ * of their harness (cuda/dev/norm_route.cu). */
 cudaError_t bmc_route_rows(const float *normed, int T, const int *n_dev, int d, const float *router_w,
                            const float *router_b, int E, int *expert_of, float *gate, int *order, int *expert_start,
                            cudaStream_t stream);
 
 /* ---- moe_rows.cu ----------------------------------------------------------- */
+/* The decode row path's grouping of its rows by expert after the routing
+ * norm, and optionally the gather of their 16-bit rows in that order, in one
+ * launch (one block per row, none waiting on another; pdl: each block waits
+ * before it reads anything). The stable counting sort of the live rows (below
+ * *n_dev; n_dev NULL: all rows) by expert_of: order[i] = the row at sorted
+ * position i, ascending expert and ties by row index, order[i] = i for the
+ * padding positions i >= *n_dev; pos_of its inverse (pos_of[order[i]] = i);
+ * expert_start[E+1] the exclusive prefix of the experts' live rows, with
+ * expert_start[E] = *n_dev. The padding rows' expert_of is not read. With
+ * dst, as bmc_gather_rows_planes through that order: dst[p * plane_rows + i]
+ * = src[p * plane_rows + order[i]] for i < rows, p < planes. */
+typedef struct bmc_group_args {
+    int rows;                           /* the bucket, padding rows included */
+    const int *n_dev;                   /* the live rows, on the device (NULL: all) */
+    int E;                              /* 2..64 */
+    const int *expert_of;               /* [rows] */
+    int *order, *pos_of, *expert_start; /* out: [rows], [rows], [E+1] */
+    const void *src;                    /* 16-bit rows of d; planes blocks of plane_rows (>= rows) rows */
+    int d, planes, plane_rows;
+    void *dst;                          /* NULL: no gather */
+} bmc_group_args;
+cudaError_t bmc_group_rows(const bmc_group_args *a, cudaStream_t stream, int pdl);
 /* dst[i] = src[order[i]] for i < rows (16-bit rows of d). */
 cudaError_t bmc_gather_rows(const void *src, const int *order, int rows, int d, void *dst, cudaStream_t stream);
 /* The same for `planes` blocks of rows plane_rows apart, each gathered by

@@ -19,20 +19,22 @@
  * of 8 (or 32) rows so that little more than the unit's rows cross from L2,
  * their hi and lo halves (x_lo_rows) as two B tiles multiplied into the same
  * accumulators. TMA cannot gather, so rows read through x_rows are first
- * gathered into x_sorted (one small kernel). Gated fc1 takes its weight rows
- * through a 5-D tensor map (k, row in a group of 8, value/gate, group,
- * expert) so that each 16 rows of a warp's A are 8 features' value rows and
- * then their gate rows: a thread holds a feature's value and gate products
- * in its own registers and the epilogue needs no exchange.
+ * gathered into x_sorted (one small kernel; the decode row path passes its
+ * rows already in the sorted order, gathered by bmc_group_rows). Gated fc1
+ * takes its weight rows through a 5-D tensor map (k, row in a group of 8,
+ * value/gate, group, expert) so that each 16 rows of a warp's A are 8
+ * features' value rows and then their gate rows: a thread holds a feature's
+ * value and gate products in its own registers and the epilogue needs no
+ * exchange.
  *
  * Units are dealt round robin over the blocks, consecutive units being
  * neighbouring weight tiles of the same expert and pass, so the blocks that
  * run together share the expert's activations in L2.
  *
  * Under PDL (a->pdl, the row path) a block initialises its barriers and
- * prefetches the two tensor maps while the previous kernel (the gather, or
- * fc1) drains, then waits before it reads the routing and before the
- * producer's first TMA copy. */
+ * prefetches the two tensor maps while the previous kernel (the grouping
+ * and gather, or fc1) drains, then waits before it reads the routing and
+ * before the producer's first TMA copy. */
 #include <cuda.h> /* CUtensorMap and its encoder's types; the encoder comes from the driver at run time */
 #include <stdlib.h>
 

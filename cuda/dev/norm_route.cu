@@ -1,15 +1,23 @@
-/* Harness: the decode row path's norms (cuda/add_rmsnorm.cu).
+/* Harness: the decode row path's norms (cuda/add_rmsnorm.cu) and its
+ * grouping of the rows by expert (bmc_group_rows, cuda/moe_rows.cu).
  *
  * 1. The MoE norm with routing (bmc_add_rmsnorm with route_w set) against a
  * double CPU version: the residual sum, the normalised rows (f32 and the
  * 16-bit hi/lo halves, both norms where a parallel layer has two), the
- * expert of every live row (lowest index on ties) and its gate, and the
- * grouping (position by position against a CPU stable counting sort of the
- * kernel's own choices, and pos_of its inverse); padding rows (rows >=
- * *n_dev) neither routed nor moved; the blocks-done counter back at zero
- * after every launch (one counter for all cases, each case run twice).
+ * expert of every live row (lowest index on ties) and its gate; padding
+ * rows (rows >= *n_dev) not routed. Then bmc_group_rows on the kernel's own
+ * choices, as the row path runs it, against a CPU stable counting sort.
  *
- * 2. The unfinished forms of h the norm finishes (h_form): out_proj's two
+ * 2. bmc_group_rows alone on drawn experts (E 2, 8 and 64; 1 to 1024 rows;
+ * all rows live with n_dev given or NULL, some padding, none live; random
+ * experts, every row on one expert, every expert used): order, pos_of and
+ * expert_start position by position against the CPU sort, padding rows in
+ * place, the padding rows' experts poisoned (never read); the gather
+ * (one or two planes, 16-byte vectors or not, planes further apart than
+ * the rows) byte for byte against the CPU gather, the rows between the
+ * planes untouched; bad arguments refused.
+ *
+ * 3. The unfinished forms of h the norm finishes (h_form): out_proj's two
  * partial products plus bias (HALVES) and fc2's split-K slices with gate,
  * expert bias and sorted positions (PARTS, also added onto h as a parallel
  * layer does), for the Mamba norm (16-bit halves out) and the MoE norm with
@@ -17,13 +25,15 @@
  * path), at 1, 3, 64, 256 and 1000 rows, E 8, with and without padding
  * rows: bit for bit against the launch pair each form replaces
  * (bmc_fold_rows or bmc_scatter_parts, then the norm of plain rows) on the
- * residual, the 16-bit rows and all routing outputs; against a double CPU
- * version (residual and normalised rows); h left unchanged.
+ * residual, the 16-bit rows and the routing outputs (the grouping's left
+ * as drawn); against a double CPU version (residual and normalised rows);
+ * h left unchanged.
  *
- * Then each fused kernel timed against the pair it replaced at the 2.8B
- * width for 64, 256 and 1024 rows: the routing against the norm +
- * bmc_route_rows, and the forms against fold or scatter + norm (a loop of
- * launches per event pair: the kernels take a few microseconds). */
+ * Then, at the 2.8B width for 64, 256 and 1024 rows (loops of launches per
+ * event pair: the kernels take a few microseconds), the routing norm and
+ * bmc_group_rows each alone and together, against the norm + bmc_route_rows
+ * + bmc_gather_rows_planes they replace; and each form against fold or
+ * scatter + norm. */
 #include <cuda_fp16.h>
 
 #include <initializer_list>
@@ -31,7 +41,6 @@
 #include "dev.cuh"
 
 static const int d = 1472;
-static unsigned *d_counter;
 
 struct route_case {
     int rows, n_live; /* n_live < 0: n_dev NULL, every row live */
@@ -59,26 +68,104 @@ static int halves_wrong(const uint16_t *h16, const float *y, int rows, int act) 
     return wrong;
 }
 
-/* The grouping of rows whose experts the kernel chose (live rows < n): a
- * stable counting sort, padding positions in place, pos_of the inverse of
- * order over all rows. */
+/* The stable counting sort of the live rows t < n by expert[t]: order[i] =
+ * the row at sorted position i (padding positions in place), pos_of its
+ * inverse (if not NULL), start[E+1]. */
+static void cpu_group(int rows, int n, int E, const int *expert, int *order, int *pos_of, int *start) {
+    memset(start, 0, (E + 1) * sizeof(int));
+    for (int t = 0; t < n; t++) start[expert[t] + 1]++;
+    for (int e = 0; e < E; e++) start[e + 1] += start[e];
+    int *next = (int *)malloc(E * sizeof(int));
+    memcpy(next, start, E * sizeof(int));
+    for (int t = 0; t < n; t++) order[next[expert[t]]++] = t;
+    for (int i = n; i < rows; i++) order[i] = i;
+    if (pos_of)
+        for (int i = 0; i < rows; i++) pos_of[order[i]] = i;
+    free(next);
+}
+
+/* bmc_group_rows' outputs against cpu_group of the same experts; the CPU's
+ * order left in want (rows ints). */
 static void check_grouping(const char *what, int rows, int n, int E, const int *expert, const int *order,
-                           const int *pos_of, const int *start) {
-    int want_start[65] = {0};
-    for (int t = 0; t < n; t++) want_start[expert[t] + 1]++;
-    for (int e = 0; e < E; e++) want_start[e + 1] += want_start[e];
-    int next[65], bad_start = 0, bad_order = 0, bad_pos = 0;
+                           const int *pos_of, const int *start, int *want) {
+    int want_start[65], bad_start = 0, bad_order = 0, bad_pos = 0;
+    cpu_group(rows, n, E, expert, want, NULL, want_start);
     for (int e = 0; e <= E; e++) bad_start += start[e] != want_start[e];
-    memcpy(next, want_start, sizeof next);
-    int *want = (int *)malloc(rows * 4);
-    for (int t = 0; t < n; t++) want[next[expert[t]]++] = t;
-    for (int i = n; i < rows; i++) want[i] = i;
     for (int i = 0; i < rows; i++) bad_order += order[i] != want[i];
-    for (int i = 0; i < rows; i++) bad_pos += order[i] < 0 || order[i] >= rows || pos_of[order[i]] != i;
+    for (int i = 0; i < rows; i++) bad_pos += pos_of[want[i]] != i;
     DEV_CHECK(bad_start == 0 && start[E] == n, "%s: %d expert starts wrong (last %d)", what, bad_start, start[E]);
     DEV_CHECK(bad_order == 0, "%s: %d sorted positions wrong", what, bad_order);
-    DEV_CHECK(bad_pos == 0, "%s: pos_of is not order's inverse at %d positions", what, bad_pos);
-    free(want);
+    DEV_CHECK(bad_pos == 0, "%s: pos_of is not order's inverse at %d rows", what, bad_pos);
+}
+
+/* The gather that may come with the grouping: rows of gd 16-bit values in
+ * `planes` planes of rows + gap rows (gd 0: no gather). */
+struct gather_shape {
+    int gd, planes, gap;
+};
+
+/* bmc_group_rows' arguments: the grouping into order, pos and start, and
+ * the gather of src's rows of shape g into dst (NULL: none). */
+static bmc_group_args group_args(int rows, const int *d_n, int E, const int *d_expert, int *order, int *pos,
+                                 int *start, gather_shape g, const uint16_t *src, uint16_t *dst) {
+    bmc_group_args ga;
+    memset(&ga, 0, sizeof ga);
+    ga.rows = rows;
+    ga.n_dev = d_n;
+    ga.E = E;
+    ga.expert_of = d_expert;
+    ga.order = order;
+    ga.pos_of = pos;
+    ga.expert_start = start;
+    ga.src = src;
+    ga.d = g.gd;
+    ga.planes = g.planes;
+    ga.plane_rows = rows + g.gap;
+    ga.dst = dst;
+    return ga;
+}
+
+/* bmc_group_rows on the device's experts d_expert (expert on the host: the
+ * live rows' the same, the padding rows' poisoned on the device) against
+ * the CPU: the grouping, and the gather byte for byte (fresh random rows,
+ * the destination poisoned: the gaps between its planes must stay so). */
+static void group_and_check(const char *what, int rows, int n, const int *d_n, int E, const int *d_expert,
+                            const int *expert, gather_shape g) {
+    const size_t plane_rows = (size_t)rows + g.gap, values = g.planes * plane_rows * g.gd;
+    uint16_t *src = NULL, *d_src = NULL, *d_dst = NULL;
+    if (g.gd) {
+        src = (uint16_t *)malloc(values * 2);
+        for (size_t i = 0; i < values; i++) src[i] = dev_bf16((float)dev_uniform());
+        d_src = dev_upload(src, values);
+        d_dst = dev_alloc_poisoned<uint16_t>(values);
+    }
+    int *d_order = dev_alloc_poisoned<int>(rows), *d_pos = dev_alloc_poisoned<int>(rows);
+    int *d_start = dev_alloc_poisoned<int>(E + 1);
+    const bmc_group_args ga = group_args(rows, d_n, E, d_expert, d_order, d_pos, d_start, g, d_src, d_dst);
+    DEV_CUDA(bmc_group_rows(&ga, 0, 0));
+    int *order = (int *)malloc(rows * 4), *pos = (int *)malloc(rows * 4), *want = (int *)malloc(rows * 4);
+    int start[65];
+    dev_download(order, d_order, rows);
+    dev_download(pos, d_pos, rows);
+    dev_download(start, d_start, E + 1);
+    check_grouping(what, rows, n, E, expert, order, pos, start, want);
+    if (g.gd) {
+        uint16_t *dst = (uint16_t *)malloc(values * 2);
+        dev_download(dst, d_dst, values);
+        size_t wrong = 0, gap_touched = 0;
+        for (size_t p = 0; p < (size_t)g.planes; p++) {
+            for (size_t i = 0; i < (size_t)rows; i++)
+                wrong += memcmp(dst + (p * plane_rows + i) * g.gd, src + (p * plane_rows + want[i]) * g.gd,
+                                (size_t)g.gd * 2) != 0;
+            for (size_t k = (p * plane_rows + rows) * g.gd; k < (p + 1) * plane_rows * g.gd; k++)
+                gap_touched += dst[k] != 0xffffu;
+        }
+        DEV_CHECK(wrong == 0, "%s: %zu gathered rows differ from the CPU's", what, wrong);
+        DEV_CHECK(gap_touched == 0, "%s: %zu values written between the planes", what, gap_touched);
+        free(dst);
+    }
+    cudaFree(d_src); cudaFree(d_dst); cudaFree(d_order); cudaFree(d_pos); cudaFree(d_start);
+    free(src); free(order); free(pos); free(want);
 }
 
 static void run_case(const route_case &c, int rep) {
@@ -105,10 +192,8 @@ static void run_case(const route_case &c, int rep) {
     float *d_rw = dev_upload(rw, (size_t)E * d), *d_rb = dev_upload(rb, E);
     float *d_ya = dev_alloc_poisoned<float>(rd), *d_yb = dev_alloc_poisoned<float>(rd);
     uint16_t *d_a16 = dev_alloc_poisoned<uint16_t>(2 * rd), *d_b16 = dev_alloc_poisoned<uint16_t>(2 * rd);
-    int *d_expert = dev_alloc_poisoned<int>(rows), *d_order = dev_alloc_poisoned<int>(rows);
-    int *d_pos = dev_alloc_poisoned<int>(rows), *d_start = dev_alloc_poisoned<int>(E + 1);
+    int *d_expert = dev_alloc_poisoned<int>(rows), *d_n = dev_upload(&n, 1);
     float *d_gate = dev_alloc_poisoned<float>(rows);
-    int *d_n = dev_upload(&n, 1);
 
     bmc_norm_args na;
     memset(&na, 0, sizeof na);
@@ -134,21 +219,12 @@ static void run_case(const route_case &c, int rep) {
     na.n_dev = c.n_live < 0 ? NULL : d_n;
     na.expert_of = d_expert;
     na.gate = d_gate;
-    na.order = d_order;
-    na.pos_of = d_pos;
-    na.expert_start = d_start;
-    na.counter = d_counter;
     DEV_CUDA(bmc_add_rmsnorm(&na, 0, 0));
     DEV_CUDA(cudaDeviceSynchronize());
 
-    unsigned counter = 1;
-    dev_download(&counter, d_counter, 1);
-    DEV_CHECK(counter == 0, "%s: the counter is %u after the launch", what, counter);
-
     float *res_out = (float *)malloc(rd * 4), *ya = (float *)malloc(rd * 4), *yb = (float *)malloc(rd * 4);
     uint16_t *a16 = (uint16_t *)malloc(2 * rd * 2), *b16 = (uint16_t *)malloc(2 * rd * 2);
-    int *expert = (int *)malloc(rows * 4), *order = (int *)malloc(rows * 4), *start = (int *)malloc((E + 1) * 4);
-    int *pos = (int *)malloc(rows * 4);
+    int *expert = (int *)malloc(rows * 4);
     float *gate = (float *)malloc(rows * 4);
     dev_download(res_out, d_res, rd);
     dev_download(yb, d_yb, rd);
@@ -158,9 +234,6 @@ static void run_case(const route_case &c, int rep) {
         dev_download(a16, d_a16, 2 * rd);
     }
     dev_download(expert, d_expert, rows);
-    dev_download(order, d_order, rows);
-    dev_download(pos, d_pos, rows);
-    dev_download(start, d_start, E + 1);
     dev_download(gate, d_gate, rows);
 
     /* the residual sum is one f32 addition: exact */
@@ -223,19 +296,89 @@ static void run_case(const route_case &c, int rep) {
     }
     DEV_CHECK(touched == 0, "%s: %d padding rows routed", what, touched);
 
-    if (out_of_range == 0) check_grouping(what, rows, n, E, expert, order, pos, start);
+    /* the grouping of the kernel's choices, as the row path launches it next */
+    if (out_of_range == 0) group_and_check(what, rows, n, na.n_dev, E, d_expert, expert, gather_shape{0, 0, 0});
 
     cudaFree(d_res); cudaFree(d_h); cudaFree(d_wa); cudaFree(d_wb); cudaFree(d_rw); cudaFree(d_rb); cudaFree(d_ya);
-    cudaFree(d_yb); cudaFree(d_a16); cudaFree(d_b16); cudaFree(d_expert); cudaFree(d_order); cudaFree(d_pos);
-    cudaFree(d_start); cudaFree(d_gate); cudaFree(d_n);
+    cudaFree(d_yb); cudaFree(d_a16); cudaFree(d_b16); cudaFree(d_expert); cudaFree(d_gate); cudaFree(d_n);
     free(res); free(h); free(wa); free(wb); free(rw); free(rb); free(res_out); free(ya); free(yb); free(a16);
-    free(b16); free(expert); free(order); free(pos); free(start); free(gate); free(ref);
+    free(b16); free(expert); free(gate); free(ref);
 }
 
-/* The row path's MoE layer (one norm, 16-bit halves) at B rows, E 8: the
- * fused launch against the norm followed by bmc_route_rows. */
+/* ---- bmc_group_rows on drawn experts ----------------------------------------- */
+
+enum { DRAW_RANDOM, DRAW_ONE, DRAW_EVERY };
+
+struct group_case {
+    int rows, n_live; /* n_live < 0: n_dev NULL, every row live */
+    int E, draw;
+    gather_shape g;
+};
+
+static void run_group_case(const group_case &c) {
+    const int rows = c.rows, E = c.E, n = c.n_live < 0 ? rows : c.n_live;
+    static const char *const draws[] = {"random experts", "all on one expert", "every expert used"};
+    char what[160];
+    snprintf(what, sizeof what, "bmc_group_rows: rows %d live %d%s E %d, %s, gather d %d planes %d gap %d", rows, n,
+             c.n_live < 0 ? " (n_dev NULL)" : "", E, draws[c.draw], c.g.gd, c.g.planes, c.g.gap);
+    int *expert = (int *)malloc(rows * 4);
+    const int one = (int)((dev_uniform() + 1.0) * 0.5 * E) % E;
+    for (int t = 0; t < rows; t++) {
+        const int drawn = (int)((dev_uniform() + 1.0) * 0.5 * E) % E;
+        expert[t] = t >= n ? -1 : c.draw == DRAW_ONE ? one : c.draw == DRAW_EVERY ? t % E : drawn;
+    }
+    for (int t = n - 1; c.draw == DRAW_EVERY && t > 0; t--) { /* shuffled: each expert's rows spread out */
+        const int u = (int)((dev_uniform() + 1.0) * 0.5 * (t + 1)) % (t + 1), x = expert[t];
+        expert[t] = expert[u];
+        expert[u] = x;
+    }
+    int *d_expert = dev_alloc_poisoned<int>(rows), *d_n = dev_upload(&n, 1);
+    DEV_CUDA(cudaMemcpy(d_expert, expert, (size_t)n * 4, cudaMemcpyHostToDevice)); /* padding rows: -1, poison */
+    group_and_check(what, rows, n, c.n_live < 0 ? NULL : d_n, E, d_expert, expert, c.g);
+    cudaFree(d_expert); cudaFree(d_n);
+    free(expert);
+}
+
+/* Arguments bmc_group_rows must refuse, before any launch. */
+static void check_refusals(void) {
+    int *d_int = dev_alloc_poisoned<int>(64);
+    uint16_t *d_16 = dev_alloc_poisoned<uint16_t>(64);
+    bmc_group_args ok;
+    memset(&ok, 0, sizeof ok);
+    ok.rows = 4;
+    ok.E = 8;
+    ok.expert_of = d_int;
+    ok.order = ok.pos_of = ok.expert_start = d_int + 16;
+    ok.src = d_16;
+    ok.d = 8;
+    ok.planes = 2;
+    ok.plane_rows = 4;
+    ok.dst = d_16 + 32;
+    bmc_group_args bad[9];
+    for (bmc_group_args &b : bad) b = ok;
+    bad[0].E = 1;
+    bad[1].E = 65;
+    bad[2].expert_of = NULL;
+    bad[3].order = NULL;
+    bad[4].expert_start = NULL;
+    bad[5].src = NULL;
+    bad[6].plane_rows = 3;
+    bad[7].d = 0;
+    bad[8].pos_of = NULL;
+    int refused = 0;
+    for (const bmc_group_args &b : bad) refused += bmc_group_rows(&b, 0, 0) == cudaErrorInvalidValue;
+    DEV_CHECK(refused == 9, "bmc_group_rows refused %d of 9 bad argument sets", refused);
+    DEV_CUDA(cudaGetLastError());
+    cudaFree(d_int); cudaFree(d_16);
+}
+
+/* The row path's MoE layer (one norm, 16-bit halves) at B rows, all live,
+ * E 8: the routing norm and bmc_group_rows (with and without the gather of
+ * the two halves) each alone and one after the other, against the plain
+ * norm + bmc_route_rows + bmc_gather_rows_planes (the three launches they
+ * replace), in loops of 20 launches per event pair. */
 static void time_rows(int B) {
-    const int E = 8;
+    const int E = 8, loop = 20, reps = 50;
     const size_t rd = (size_t)B * d;
     float *x = (float *)malloc(rd * 4), *w = (float *)malloc(d * 4), *rw = (float *)malloc((size_t)E * d * 4);
     float rb[8];
@@ -246,7 +389,7 @@ static void time_rows(int B) {
     float *d_res = dev_upload(x, rd), *d_h = dev_upload(x, rd), *d_w = dev_upload(w, d);
     float *d_rw = dev_upload(rw, (size_t)E * d), *d_rb = dev_upload(rb, E);
     float *d_y = dev_alloc_poisoned<float>(rd), *d_gate = dev_alloc_poisoned<float>(B);
-    uint16_t *d_16 = dev_alloc_poisoned<uint16_t>(2 * rd);
+    uint16_t *d_16 = dev_alloc_poisoned<uint16_t>(2 * rd), *d_sorted = dev_alloc_poisoned<uint16_t>(2 * rd);
     int *d_expert = dev_alloc_poisoned<int>(B), *d_order = dev_alloc_poisoned<int>(B);
     int *d_pos = dev_alloc_poisoned<int>(B), *d_start = dev_alloc_poisoned<int>(E + 1), *d_n = dev_upload(&B, 1);
     bmc_norm_args na;
@@ -261,11 +404,12 @@ static void time_rows(int B) {
     na.lo_rows = B;
     na.w_b = d_w;
     na.out_b_16 = d_16;
-    const double plain = dev_time_us(200, [&](int) { DEV_CUDA(bmc_add_rmsnorm(&na, 0, 0)); });
+    const double plain = dev_time_loop_us(reps, loop, [&](int) { DEV_CUDA(bmc_add_rmsnorm(&na, 0, 0)); });
     na.out_b_f32 = d_y;
-    const double pair = dev_time_us(200, [&](int) {
+    const double before = dev_time_loop_us(reps, loop, [&](int) {
         DEV_CUDA(bmc_add_rmsnorm(&na, 0, 0));
         DEV_CUDA(bmc_route_rows(d_y, B, d_n, d, d_rw, d_rb, E, d_expert, d_gate, d_order, d_start, 0));
+        DEV_CUDA(bmc_gather_rows_planes(d_16, d_order, B, d, 2, B, d_sorted, 0, 0));
     });
     na.out_b_f32 = NULL; /* as the row path runs it: nothing reads the f32 rows any more */
     na.route_w = d_rw;
@@ -274,16 +418,28 @@ static void time_rows(int B) {
     na.n_dev = d_n;
     na.expert_of = d_expert;
     na.gate = d_gate;
-    na.order = d_order;
-    na.pos_of = d_pos;
-    na.expert_start = d_start;
-    na.counter = d_counter;
-    const double fused = dev_time_us(200, [&](int) { DEV_CUDA(bmc_add_rmsnorm(&na, 0, 0)); });
+    bmc_group_args ga = group_args(B, d_n, E, d_expert, d_order, d_pos, d_start, gather_shape{d, 2, 0}, d_16, NULL);
+    const double routing = dev_time_loop_us(reps, loop, [&](int) { DEV_CUDA(bmc_add_rmsnorm(&na, 0, 0)); });
+    const double group = dev_time_loop_us(reps, loop, [&](int) { DEV_CUDA(bmc_group_rows(&ga, 0, 0)); });
+    const double gather = dev_time_loop_us(reps, loop, [&](int) {
+        DEV_CUDA(bmc_gather_rows_planes(d_16, d_order, B, d, 2, B, d_sorted, 0, 0));
+    });
+    ga.dst = d_sorted;
+    const double group_gather = dev_time_loop_us(reps, loop, [&](int) { DEV_CUDA(bmc_group_rows(&ga, 0, 0)); });
+    const double after = dev_time_loop_us(reps, loop, [&](int) {
+        DEV_CUDA(bmc_add_rmsnorm(&na, 0, 0));
+        DEV_CUDA(bmc_group_rows(&ga, 0, 0));
+    });
     DEV_CUDA(cudaDeviceSynchronize());
-    printf("rows %4d, E 8, d %d: norm alone %.1f us, norm + bmc_route_rows %.1f us, fused %.1f us\n", B, d, plain,
-           pair, fused);
+    printf("rows %4d, E 8, d %d, per launch: norm alone %.2f us, routing norm %.2f us, bmc_group_rows %.2f us "
+           "(+ gather %.2f us; bmc_gather_rows_planes alone %.2f us)\n",
+           B, d, plain, routing, group, group_gather, gather);
+    printf("rows %4d, E 8, d %d, the layer's start: routing norm + bmc_group_rows with gather %.2f us, norm + "
+           "bmc_route_rows + bmc_gather_rows_planes %.2f us\n",
+           B, d, after, before);
     cudaFree(d_res); cudaFree(d_h); cudaFree(d_w); cudaFree(d_rw); cudaFree(d_rb); cudaFree(d_y); cudaFree(d_gate);
-    cudaFree(d_16); cudaFree(d_expert); cudaFree(d_order); cudaFree(d_pos); cudaFree(d_start); cudaFree(d_n);
+    cudaFree(d_16); cudaFree(d_sorted); cudaFree(d_expert); cudaFree(d_order); cudaFree(d_pos); cudaFree(d_start);
+    cudaFree(d_n);
     free(x); free(w); free(rw);
 }
 
@@ -304,19 +460,15 @@ static const int form_E = 8;
  * and pos_of padding positions in place; the padding rows' expert and gate
  * poisoned (nothing may read them). */
 static void draw_routing(int rows, int n, int *expert, float *gate, int *order, int *pos_of) {
-    int count[form_E + 1] = {0};
+    int start[form_E + 1];
     for (int t = 0; t < rows; t++) {
         expert[t] = -1;
         memset(&gate[t], 0xff, 4);
         if (t >= n) continue;
         expert[t] = (int)((dev_uniform() + 1.0) * 0.5 * form_E) % form_E;
         gate[t] = (float)(0.5 + 0.5 * dev_uniform());
-        count[expert[t] + 1]++;
     }
-    for (int e = 0; e < form_E; e++) count[e + 1] += count[e];
-    for (int t = 0; t < n; t++) order[count[expert[t]]++] = t;
-    for (int i = n; i < rows; i++) order[i] = i;
-    for (int i = 0; i < rows; i++) pos_of[order[i]] = i;
+    cpu_group(rows, n, form_E, expert, order, pos_of, start);
 }
 
 /* What one path (the fused form, or the launch pair it replaces) reads and
@@ -324,7 +476,7 @@ static void draw_routing(int rows, int n, int *expert, float *gate, int *order, 
 struct form_bufs {
     float *res, *h, *gate;
     uint16_t *out16;
-    int *expert, *order, *pos, *start;
+    int *expert, *order, *pos;
 };
 
 static form_bufs upload_form_bufs(const float *res, const float *h, size_t h_floats, int rows, const int *expert,
@@ -337,13 +489,12 @@ static form_bufs upload_form_bufs(const float *res, const float *h, size_t h_flo
     b.gate = dev_upload(gate, rows);
     b.order = dev_upload(order, rows);
     b.pos = dev_upload(pos, rows);
-    b.start = dev_alloc_poisoned<int>(form_E + 1);
     return b;
 }
 
 static void free_form_bufs(form_bufs &b) {
     cudaFree(b.res); cudaFree(b.h); cudaFree(b.gate); cudaFree(b.out16); cudaFree(b.expert); cudaFree(b.order);
-    cudaFree(b.pos); cudaFree(b.start);
+    cudaFree(b.pos);
 }
 
 /* The norm's arguments over one path's buffers, h as plain rows (the pair's
@@ -373,10 +524,6 @@ static bmc_norm_args form_norm_args(const form_case &c, form_bufs &b, const floa
     na.n_experts = form_E;
     na.expert_of = b.expert;
     na.gate = b.gate;
-    na.order = b.order;
-    na.pos_of = b.pos;
-    na.expert_start = b.start;
-    na.counter = d_counter;
     return na;
 }
 
@@ -392,12 +539,6 @@ static void set_parts(bmc_norm_args &na, form_bufs &b, const float *parts, int s
     na.parts_expert = b.expert;
     na.parts_bias = bias;
     na.parts_add = add;
-}
-
-static int counter_left(void) {
-    unsigned counter = 1;
-    dev_download(&counter, d_counter, 1);
-    return counter != 0;
 }
 
 template <typename T> static size_t bytes_differ(const T *a, const T *b, size_t n) {
@@ -451,7 +592,6 @@ static void run_form_case(const form_case &c) {
     bmc_norm_args na = form_norm_args(c, pb, d_w, d_rw, d_rb, d_n);
     DEV_CUDA(bmc_add_rmsnorm(&na, 0, 0));
     DEV_CUDA(cudaDeviceSynchronize());
-    if (c.moe) DEV_CHECK(!counter_left(), "%s: the counter is not zero after the pair", what);
 
     /* the fused form */
     form_bufs fb = upload_form_bufs(res, h, h_floats, rows, expert, gate, order, pos);
@@ -465,7 +605,6 @@ static void run_form_case(const form_case &c) {
     }
     DEV_CUDA(bmc_add_rmsnorm(&na, 0, 0));
     DEV_CUDA(cudaDeviceSynchronize());
-    if (c.moe) DEV_CHECK(!counter_left(), "%s: the counter is not zero after the fused launch", what);
 
     float *res_p = (float *)malloc(rd * 4), *res_f = (float *)malloc(rd * 4), *h_f = (float *)malloc(h_floats * 4);
     uint16_t *o_p = (uint16_t *)malloc(2 * rd * 2), *o_f = (uint16_t *)malloc(2 * rd * 2);
@@ -481,30 +620,28 @@ static void run_form_case(const form_case &c) {
     diff = bytes_differ(h, h_f, h_floats);
     DEV_CHECK(diff == 0, "%s: %zu values of h changed", what, diff);
     if (c.moe) {
-        int *ip = (int *)malloc(rows * 4), *iq = (int *)malloc(rows * 4), sp[form_E + 1], sq[form_E + 1];
+        int *ip = (int *)malloc(rows * 4), *expert_f = (int *)malloc(rows * 4);
         float *gp = (float *)malloc(rows * 4), *gq = (float *)malloc(rows * 4);
-        int *expert_f = (int *)malloc(rows * 4), *order_f = (int *)malloc(rows * 4), *pos_f = (int *)malloc(rows * 4);
         dev_download(gp, pb.gate, rows);
         dev_download(gq, fb.gate, rows);
         diff = bytes_differ(gp, gq, rows);
         dev_download(ip, pb.expert, rows);
         dev_download(expert_f, fb.expert, rows);
         diff += bytes_differ(ip, expert_f, rows);
-        dev_download(ip, pb.order, rows);
-        dev_download(order_f, fb.order, rows);
-        diff += bytes_differ(ip, order_f, rows);
-        dev_download(iq, pb.pos, rows);
-        dev_download(pos_f, fb.pos, rows);
-        diff += bytes_differ(iq, pos_f, rows);
-        dev_download(sp, pb.start, E + 1);
-        dev_download(sq, fb.start, E + 1);
-        diff += bytes_differ(sp, sq, E + 1);
         DEV_CHECK(diff == 0, "%s: %zu routing outputs differ from the pair's", what, diff);
+        /* the grouping is the next launch's: the norm leaves order and pos_of (which it reads) as drawn */
+        dev_download(ip, fb.order, rows);
+        diff = bytes_differ(ip, order, rows);
+        dev_download(ip, fb.pos, rows);
+        diff += bytes_differ(ip, pos, rows);
+        DEV_CHECK(diff == 0, "%s: %zu of the drawn order and pos_of changed", what, diff);
         int out_of_range = 0;
         for (int t = 0; t < n; t++) out_of_range += expert_f[t] < 0 || expert_f[t] >= E;
         DEV_CHECK(out_of_range == 0, "%s: %d rows routed to no expert", what, out_of_range);
-        if (out_of_range == 0) check_grouping(what, rows, n, E, expert_f, order_f, pos_f, sq);
-        free(ip); free(iq); free(gp); free(gq); free(expert_f); free(order_f); free(pos_f);
+        /* then the grouping and gather of the row path on the norm's choices and outputs' shape */
+        if (out_of_range == 0)
+            group_and_check(what, rows, n, d_n, E, fb.expert, expert_f, gather_shape{d, 2, 0});
+        free(ip); free(expert_f); free(gp); free(gq);
     }
 
     /* the CPU version in double */
@@ -613,8 +750,6 @@ static void time_forms(int B) {
 int main(void) {
     if (dev_no_gpu("dev_norm_route")) return 0;
     dev_seed();
-    DEV_CUDA(cudaMalloc((void **)&d_counter, sizeof(unsigned)));
-    DEV_CUDA(cudaMemset(d_counter, 0, sizeof(unsigned)));
     const route_case cases[] = {
         {1, 1, 8, BMC_BF16, 0, 0},       {7, 7, 8, BMC_F16, 1, 0},         {64, 64, 8, BMC_BF16, 0, 0},
         {64, 50, 8, BMC_BF16, 1, 0},     {64, 0, 8, BMC_BF16, 0, 0},       {300, 300, 8, BMC_BF16, 0, 0},
@@ -624,6 +759,20 @@ int main(void) {
     };
     for (const route_case &c : cases)
         for (int rep = 0; rep < 2; rep++) run_case(c, rep);
+    /* the gathers, taken in turn: the row path's (two planes of d), planes
+     * apart, one plane, none, and widths without 16-byte vectors or whose
+     * rows exceed what a block's threads hold in registers */
+    const gather_shape shapes[] = {{d, 2, 0}, {1470, 2, 3}, {d, 1, 0}, {0, 0, 0}, {8, 2, 1}, {13, 1, 0}, {8192, 2, 0}};
+    int shape = 0;
+    for (int E : {2, 8, 64})
+        for (int rows : {1, 5, 64, 300, 1024})
+            for (int live : {rows, -1, rows - (rows / 4 > 1 ? rows / 4 : 1), 0})
+                for (int draw : {DRAW_RANDOM, DRAW_ONE, DRAW_EVERY}) {
+                    if (live == 0 && rows != 64 && rows != 1) continue; /* none live: enough at two sizes */
+                    const group_case c = {rows, live, E, draw, shapes[shape++ % 7]};
+                    run_group_case(c);
+                }
+    check_refusals();
     /* moe, form, bias, add */
     const int kinds[][4] = {{0, BMC_H_HALVES, 1, 0}, {1, BMC_H_HALVES, 1, 0}, {0, BMC_H_HALVES, 0, 0},
                             {0, BMC_H_PARTS, 1, 0},  {1, BMC_H_PARTS, 1, 0},  {1, BMC_H_PARTS, 0, 1},
@@ -643,6 +792,5 @@ int main(void) {
     time_forms(64);
     time_forms(256);
     time_forms(1024);
-    cudaFree(d_counter);
     return dev_summary("dev_norm_route");
 }
