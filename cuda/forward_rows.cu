@@ -353,7 +353,7 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
             ma.K = d;
             ma.E = E;
             ma.max_rows = B;
-            ma.X = E >= 2 ? rs->sorted16 : rs->moe16; /* rows in the sorted order: no x_rows */
+            ma.X = E >= 2 ? rs->sorted16 : rs->moe16; /* the rows in the sorted order */
             ma.ldx = d;
             ma.x_lo_rows = B;
             ma.y_lo_rows = B;

@@ -316,7 +316,8 @@ cudaError_t bmc_conv_step(const bmc_conv_step_args *a, cudaStream_t stream, int 
 /* Row path MoE: a grouped GEMM over rows sorted by expert. Rows
  * [expert_start[e], expert_start[e+1]) of the sorted order use expert e
  * (expert_start on the device, E+1 ints: no host round trip). Sorted row r
- * reads its input from X[(x_rows ? x_rows[r] : r) * ldx]. Tensor cores (16-bit
+ * reads its input from X[r * ldx]: the rows come already in that order
+ * (bmc_group_rows, bmc_gather_rows_planes). Tensor cores (16-bit
  * operands, f32 accumulation); each block computes one tile of rows of one
  * expert against a tile of that expert's output features, so an expert's
  * weights are streamed once per tile of rows (once per step below 64 rows).
@@ -340,9 +341,6 @@ typedef struct bmc_moe_gemm_args {
     int max_rows;            /* rows in the sorted order at most (sizes the grid) */
     const void *X;
     int ldx;
-    const int *x_rows;
-    void *x_sorted;          /* NULL, or room for X's rows (both halves) in the sorted order: lets a kernel that
-                                needs contiguous rows (the wgmma kernel) gather them first */
     int x_lo_rows, y_lo_rows;
     const void *W;           /* expert 0; experts expert_stride elements apart, each [rows_w, K] */
     long long expert_stride;
@@ -450,7 +448,7 @@ cudaError_t bmc_gather_rows(const void *src, const int *order, int rows, int d, 
  * the same order: dst[p * plane_rows + i] = src[p * plane_rows + order[i]]
  * (the hi and lo halves of the row path's 16-bit inputs). */
 cudaError_t bmc_gather_rows_planes(const void *src, const int *order, int rows, int d, int planes, int plane_rows,
-                                   void *dst, cudaStream_t stream, int pdl);
+                                   void *dst, cudaStream_t stream);
 
 /* ---- gated_act.cu ---------------------------------------------------------- */
 /* m[i, f] = act(a[i, f] + b1) * (a[i, F + f] + b2) (swiglu) or act(a[i, f] + b)

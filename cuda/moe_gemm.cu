@@ -56,7 +56,7 @@ __global__ void __launch_bounds__(MG_THREADS(TN)) moe_gemm_kernel(const bmc_moe_
     T *smem = reinterpret_cast<T *>(mg_smem);
     __shared__ int s_xrow[TM];
     bmc_grid_trigger();
-    bmc_grid_wait(); /* PDL: the routing (expert_start, x_rows) and X come from earlier kernels */
+    bmc_grid_wait(); /* PDL: the routing (expert_start) and X come from earlier kernels */
 
     /* which expert and rows this block has */
     const int tile = blockIdx.x;
@@ -85,7 +85,7 @@ __global__ void __launch_bounds__(MG_THREADS(TN)) moe_gemm_kernel(const bmc_moe_
     const int K = a.K, tid = threadIdx.x;
     for (int i = tid; i < TM; i += THREADS) {
         const int r = r0 + i;
-        s_xrow[i] = r < r1 ? (a.x_rows ? a.x_rows[r] : r) : -1;
+        s_xrow[i] = r < r1 ? r : -1;
     }
     __syncthreads();
 
@@ -421,7 +421,7 @@ __device__ __forceinline__ void ms_units(const bmc_moe_gemm_args &a, Pass &&pass
 #pragma unroll
             for (int j = 0; j < MAX_NT; j++) { /* column c0 + 8j + g: row (of this expert) and half */
                 const int col = min(c0 + j * 8 + g, cols - 1), r = col / cols_per_row, half = col % cols_per_row;
-                const int gr = r0 + r, xr = (a.x_rows ? a.x_rows[gr] : gr) + (half ? a.x_lo_rows : 0);
+                const int xr = r0 + r + (half ? a.x_lo_rows : 0);
                 xoff[j] = xr * a.ldx; /* X holds fewer than 2^31 elements (ms_fits) */
             }
             float acc[MAX_NT][4];

@@ -18,9 +18,8 @@
  * rows are B (N = the pass's rows rounded up to 16, 32, 64 or 128), in boxes
  * of 8 (or 32) rows so that little more than the unit's rows cross from L2,
  * their hi and lo halves (x_lo_rows) as two B tiles multiplied into the same
- * accumulators. TMA cannot gather, so rows read through x_rows are first
- * gathered into x_sorted (one small kernel; the decode row path passes its
- * rows already in the sorted order, gathered by bmc_group_rows). Gated fc1
+ * accumulators (TMA cannot gather: the rows come in the sorted order,
+ * gathered by bmc_group_rows in the decode row path). Gated fc1
  * takes its weight rows through a 5-D tensor map (k, row in a group of 8,
  * value/gate, group, expert) so that each 16 rows of a warp's A are 8
  * features' value rows and then their gate rows: a thread holds a feature's
@@ -436,7 +435,7 @@ template <typename T> static cudaError_t mw_launch(const bmc_moe_gemm_args *a, c
     const bool gated = a->mode == BMC_MOE_GATED, split = a->x_lo_rows > 0;
     const int E = a->expert_start ? a->E : 1;
     if (!bmc_moe_sm90_ready() || a->K % 8 || (gated && a->N % 8) || ((uintptr_t)a->W & 15) || a->expert_stride % 8 ||
-        a->ldx % 8 || ((uintptr_t)a->X & 15) || (a->x_rows && (!a->x_sorted || ((uintptr_t)a->x_sorted & 15))))
+        a->ldx % 8 || ((uintptr_t)a->X & 15))
         return cudaErrorNotSupported;
     const CUtensorMapDataType dt = mw_dtype<T>::value;
     const cuuint64_t row = (cuuint64_t)a->K * 2, expert = (cuuint64_t)a->expert_stride * 2;
@@ -472,26 +471,14 @@ template <typename T> static cudaError_t mw_launch(const bmc_moe_gemm_args *a, c
      * per stage slowed the producer (1024 streams), so 32 there */
     p.box_rows = p.np > 64 ? 32 : 8;
     p.debug = debug;
-    /* the batch rows, hi then lo, contiguous in the sorted order: X itself, or
-     * X gathered through x_rows into x_sorted first (TMA cannot gather) */
-    const void *X = a->X;
-    if (a->x_rows) {
-        cudaError_t e = bmc_gather_rows_planes(a->X, a->x_rows, a->max_rows, a->ldx, split ? 2 : 1, a->x_lo_rows,
-                                               a->x_sorted, stream, a->pdl);
-        if (e != cudaSuccess) return e;
-        X = a->x_sorted;
-    }
-    if (r == CUDA_SUCCESS) {
+    if (r == CUDA_SUCCESS) { /* the batch rows, hi then lo */
         const cuuint64_t dims[2] = {(cuuint64_t)a->K, (cuuint64_t)(split ? a->x_lo_rows * 2 : a->max_rows)};
         const cuuint64_t strides[1] = {(cuuint64_t)a->ldx * 2};
         const cuuint32_t box[2] = {MW_BK, (cuuint32_t)p.box_rows};
-        r = mw_encode(&xmap, dt, 2, X, dims, strides, box);
+        r = mw_encode(&xmap, dt, 2, a->X, dims, strides, box);
     }
     if (r != CUDA_SUCCESS) return cudaErrorNotSupported;
-    bmc_moe_gemm_args b = *a;
-    b.X = X;
-    b.x_rows = nullptr;
-    return mw_start<T>(&b, wmap, xmap, p, stream);
+    return mw_start<T>(a, wmap, xmap, p, stream);
 }
 
 cudaError_t bmc_moe_gemm_sm90(const bmc_moe_gemm_args *a, int wtype, cudaStream_t stream) {

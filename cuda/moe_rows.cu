@@ -10,10 +10,7 @@
  * stable counting sort gives it. The block loads its row before it knows
  * that position and stores it there after.
  *
- * bmc_gather_rows(_planes): the gather alone through a given order (prefill;
- * the wgmma expert GEMM for callers that pass x_rows, whose TMA copies cannot
- * gather: there it is launched with the GEMM's pdl and waits before it reads
- * the order or the rows). */
+ * bmc_gather_rows(_planes): the gather alone through a given order (prefill). */
 #include "device_util.cuh"
 #include "kernels.cuh"
 
@@ -65,8 +62,6 @@ static bool rows_vectorised(const void *src, const void *dst, int d) {
 /* One block per sorted position i and plane (grid y). */
 template <typename V>
 __global__ void gather_rows_kernel(const V *src, const int *order, int w, int plane_rows, V *dst) {
-    bmc_grid_trigger();
-    bmc_grid_wait(); /* PDL: src and order come from the norm before */
     const size_t plane = (size_t)blockIdx.y * plane_rows;
     row_copy<V> row{src + (plane + order[blockIdx.x]) * w, w, w, 0};
     row.load();
@@ -74,17 +69,17 @@ __global__ void gather_rows_kernel(const V *src, const int *order, int w, int pl
 }
 
 cudaError_t bmc_gather_rows(const void *src, const int *order, int rows, int d, void *dst, cudaStream_t stream) {
-    return bmc_gather_rows_planes(src, order, rows, d, 1, 0, dst, stream, 0);
+    return bmc_gather_rows_planes(src, order, rows, d, 1, 0, dst, stream);
 }
 
 cudaError_t bmc_gather_rows_planes(const void *src, const int *order, int rows, int d, int planes, int plane_rows,
-                                   void *dst, cudaStream_t stream, int pdl) {
+                                   void *dst, cudaStream_t stream) {
     if (rows <= 0 || planes <= 0) return cudaSuccess;
     const dim3 grid((unsigned)rows, (unsigned)planes);
     if (rows_vectorised(src, dst, d))
-        return bmc_launch(gather_rows_kernel<uint4>, grid, dim3(128), 0, stream, pdl, (const uint4 *)src, order, d / 8,
+        return bmc_launch(gather_rows_kernel<uint4>, grid, dim3(128), 0, stream, 0, (const uint4 *)src, order, d / 8,
                           plane_rows, (uint4 *)dst);
-    return bmc_launch(gather_rows_kernel<uint16_t>, grid, dim3(128), 0, stream, pdl, (const uint16_t *)src, order, d,
+    return bmc_launch(gather_rows_kernel<uint16_t>, grid, dim3(128), 0, stream, 0, (const uint16_t *)src, order, d,
                       plane_rows, (uint16_t *)dst);
 }
 

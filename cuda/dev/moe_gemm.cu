@@ -93,11 +93,11 @@ static void check_case(int E, int rows, int K, int N, const int *counts, int spl
     a.K = K;
     a.E = E;
     a.max_rows = rows;
-    a.X = d_x;
+    /* the rows in expert order, as the row path's grouping leaves them */
+    uint16_t *d_sorted = dev_alloc_poisoned<uint16_t>((size_t)2 * rows * K);
+    DEV_CUDA(bmc_gather_rows_planes(d_x, d_order, rows, K, split ? 2 : 1, rows, d_sorted, 0));
+    a.X = d_sorted;
     a.ldx = K;
-    a.x_rows = d_order;
-    uint16_t *d_sorted = dev_alloc_poisoned<uint16_t>((size_t)2 * rows * K); /* the wgmma kernel's gathered rows */
-    a.x_sorted = d_sorted;
     a.W = d_w1;
     a.expert_stride = (long long)2 * N * K;
     a.expert_start = d_start;
@@ -232,9 +232,10 @@ static int profile_once(void) {
     int *d_start = dev_upload(start, 9), *d_order = dev_upload(order, rows);
     bmc_moe_gemm_args a;
     memset(&a, 0, sizeof a);
-    a.mode = BMC_MOE_GATED; a.N = F; a.K = d; a.E = E; a.max_rows = rows; a.X = d_x; a.ldx = d;
+    a.mode = BMC_MOE_GATED; a.N = F; a.K = d; a.E = E; a.max_rows = rows; a.ldx = d;
     uint16_t *d_sorted = dev_alloc_poisoned<uint16_t>((size_t)2 * rows * d);
-    a.x_rows = d_order; a.x_sorted = d_sorted; a.W = d_w1; a.expert_stride = (long long)2 * F * d; a.expert_start = d_start;
+    DEV_CUDA(bmc_gather_rows_planes(d_x, d_order, rows, d, 2, rows, d_sorted, 0));
+    a.X = d_sorted; a.W = d_w1; a.expert_stride = (long long)2 * F * d; a.expert_start = d_start;
     a.y = d_m; a.ldy = F; a.x_lo_rows = a.y_lo_rows = rows;
     const int variants[6] = {1, 10, 11, 12, 13, 14};
     for (int v : variants) {
@@ -325,9 +326,10 @@ int main(void) {
         float *d_g = dev_upload(gates, rows);
         bmc_moe_gemm_args a1, a2;
         memset(&a1, 0, sizeof a1);
-        a1.mode = BMC_MOE_GATED; a1.N = F; a1.K = d; a1.E = E; a1.max_rows = rows; a1.X = d_x; a1.ldx = d;
+        a1.mode = BMC_MOE_GATED; a1.N = F; a1.K = d; a1.E = E; a1.max_rows = rows; a1.ldx = d;
         uint16_t *d_sorted = dev_alloc_poisoned<uint16_t>((size_t)2 * rows * d);
-        a1.x_rows = d_order; a1.x_sorted = d_sorted; a1.W = d_w1; a1.expert_stride = (long long)2 * F * d; a1.expert_start = d_start;
+        DEV_CUDA(bmc_gather_rows_planes(d_x, d_order, rows, d, 2, rows, d_sorted, 0));
+        a1.X = d_sorted; a1.W = d_w1; a1.expert_stride = (long long)2 * F * d; a1.expert_start = d_start;
         a1.y = d_m; a1.ldy = F; a1.x_lo_rows = a1.y_lo_rows = rows;
         memset(&a2, 0, sizeof a2);
         a2.mode = BMC_MOE_SCATTER; a2.N = d; a2.K = F; a2.E = E; a2.max_rows = rows; a2.X = d_x; a2.ldx = F;

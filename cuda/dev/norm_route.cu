@@ -409,7 +409,7 @@ static void time_rows(int B) {
     const double before = dev_time_loop_us(reps, loop, [&](int) {
         DEV_CUDA(bmc_add_rmsnorm(&na, 0, 0));
         DEV_CUDA(bmc_route_rows(d_y, B, d_n, d, d_rw, d_rb, E, d_expert, d_gate, d_order, d_start, 0));
-        DEV_CUDA(bmc_gather_rows_planes(d_16, d_order, B, d, 2, B, d_sorted, 0, 0));
+        DEV_CUDA(bmc_gather_rows_planes(d_16, d_order, B, d, 2, B, d_sorted, 0));
     });
     na.out_b_f32 = NULL; /* as the row path runs it: nothing reads the f32 rows any more */
     na.route_w = d_rw;
@@ -422,7 +422,7 @@ static void time_rows(int B) {
     const double routing = dev_time_loop_us(reps, loop, [&](int) { DEV_CUDA(bmc_add_rmsnorm(&na, 0, 0)); });
     const double group = dev_time_loop_us(reps, loop, [&](int) { DEV_CUDA(bmc_group_rows(&ga, 0, 0)); });
     const double gather = dev_time_loop_us(reps, loop, [&](int) {
-        DEV_CUDA(bmc_gather_rows_planes(d_16, d_order, B, d, 2, B, d_sorted, 0, 0));
+        DEV_CUDA(bmc_gather_rows_planes(d_16, d_order, B, d, 2, B, d_sorted, 0));
     });
     ga.dst = d_sorted;
     const double group_gather = dev_time_loop_us(reps, loop, [&](int) { DEV_CUDA(bmc_group_rows(&ga, 0, 0)); });
