@@ -70,8 +70,8 @@ typedef struct cuda_model {
      * (forward_rows.cu); smaller ones the GEMV path. BM_CUDA_ROWS_MIN. */
     int rows_min;
     int max_experts;                  /* over the layers, at least 1 */
-    /* Measurement switch BM_CUDA_DEBUG_SKIP (forward.cu): batch-1 decode
-     * kernels left out of the step graph, a bit per BMC_SKIP_* kind. The
+    /* Measurement switch BM_CUDA_DEBUG_SKIP (forward.cu, forward_rows.cu):
+     * decode kernels left out of the step graph, a bit per BMC_SKIP_* kind. The
      * results are wrong; the time saved is the kernels' cost in the graph. */
     unsigned debug_skip;
     char *pool;                       /* every weight, one allocation */
@@ -109,9 +109,12 @@ enum {
     BMC_SKIP_FC1 = 1u << 5,
     BMC_SKIP_FC2 = 1u << 6,
     BMC_SKIP_HEAD = 1u << 7,
+    BMC_SKIP_NORM = 1u << 8, /* row path only: the add + RMSNorms that do not route */
+    BMC_SKIP_CONV = 1u << 9, /* row path only (the batch-1 conv is in_proj's epilogue) */
 };
 static inline unsigned bmc_parse_debug_skip(const char *list) {
-    static const char *const names[] = {"in_proj", "x_proj", "scan", "out_proj", "router", "fc1", "fc2", "head"};
+    static const char *const names[] = {"in_proj", "x_proj", "scan", "out_proj", "router",
+                                          "fc1",     "fc2",    "head", "norm",     "conv"};
     unsigned mask = 0;
     for (const char *p = list; p && *p;) {
         const char *end = strchr(p, ',');

@@ -211,6 +211,7 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
      * in the profiling mode: the events between the launches would order
      * them anyway, and each operation's time stays its own. */
     const int pdl = cm->pdl && !rs->profile;
+    const unsigned skip = cm->debug_skip; /* measurement only: BM_CUDA_DEBUG_SKIP */
     rs->n_ev = 0;
     if (!capturing) mark(rs, st, 0);
     RTRY(cudaMemcpyAsync(rs->tokens, rs->h_tokens, (size_t)B * sizeof(int32_t), cudaMemcpyHostToDevice, st),
@@ -286,13 +287,16 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
             na.expert_of = rs->expert_of;
             na.gate = rs->gate;
         }
-        RTRY(bmc_add_rmsnorm(&na, st, pdl), "residual add, norm and routing");
+        if (!(skip & BMC_SKIP_NORM) || L->n_experts >= 2) /* a routing norm stays: the experts read depend on it */
+            RTRY(bmc_add_rmsnorm(&na, st, pdl), "residual add, norm and routing");
         MARK(1); /* with the fold or scatter of the last block when the norm finished it */
         if (L->has_mamba) {
             const dev_mamba *w = &L->mamba;
-            STRY(bmc_session_gemm(cs, st, B2, 2 * di, d, rs->normed16, d, wt, w->in_proj, d, rs->xz, 2 * di,
-                                  BMC_GEMM_OUT_F32));
-            RTRY(bmc_add_bias(rs->xz, B, 2 * di, 2 * di, w->in_proj_bias, st, pdl), "in_proj bias");
+            if (!(skip & BMC_SKIP_IN_PROJ)) {
+                STRY(bmc_session_gemm(cs, st, B2, 2 * di, d, rs->normed16, d, wt, w->in_proj, d, rs->xz, 2 * di,
+                                      BMC_GEMM_OUT_F32));
+                RTRY(bmc_add_bias(rs->xz, B, 2 * di, 2 * di, w->in_proj_bias, st, pdl), "in_proj bias");
+            }
             MARK(2);
             bmc_conv_step_args ca;
             memset(&ca, 0, sizeof ca);
@@ -306,20 +310,23 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
             ca.conv_offset = (long long)bmi_state_conv_offset(c, L->mamba_index);
             ca.conv_w = w->conv_w;
             ca.conv_b = w->conv_b;
-            RTRY(bmc_conv_step(&ca, st, pdl), "conv step");
+            if (!(skip & BMC_SKIP_CONV)) RTRY(bmc_conv_step(&ca, st, pdl), "conv step");
             MARK(3);
-            RTRY(bmc_x_proj_rows(rs->xz, 2 * di, B, di, w->x_proj, wt, xd, rs->xdbl, xd, 0, st, pdl), "x_proj");
+            if (!(skip & BMC_SKIP_X_PROJ))
+                RTRY(bmc_x_proj_rows(rs->xz, 2 * di, B, di, w->x_proj, wt, xd, rs->xdbl, xd, 0, st, pdl), "x_proj");
             MARK(4);
             bmc_step_scan_args sa = bmc_layer_scan_args(c, L, B, rs->xz, rs->xdbl, rs->state_ptrs);
             sa.y16 = rs->y16;
             sa.act_type = wt;
             sa.y_lo_rows = B;
-            RTRY(bmc_scan_step(&sa, wt, st, pdl), "scan step");
+            if (!(skip & BMC_SKIP_SCAN)) RTRY(bmc_scan_step(&sa, wt, st, pdl), "scan step");
             MARK(6);
-            STRY(bmc_session_gemm(cs, st, B2, d, di, rs->y16, di, wt, w->out_proj, di, rs->h, d, BMC_GEMM_OUT_F32));
+            if (!(skip & BMC_SKIP_OUT_PROJ))
+                STRY(bmc_session_gemm(cs, st, B2, d, di, rs->y16, di, wt, w->out_proj, di, rs->h, d,
+                                      BMC_GEMM_OUT_F32));
             h_form = !parallel && norm_follows ? BMC_H_HALVES : BMC_H_ROWS;
             h_bias = w->out_proj_bias;
-            if (h_form == BMC_H_ROWS)
+            if (h_form == BMC_H_ROWS && !(skip & BMC_SKIP_OUT_PROJ))
                 RTRY(bmc_fold_rows(rs->h, B, d, d, B, w->out_proj_bias, st, pdl), "out_proj halves");
             MARK(7);
         }
@@ -343,7 +350,7 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
                 ga.planes = 2;
                 ga.plane_rows = B;
                 ga.dst = rs->sorted16;
-                RTRY(bmc_group_rows(&ga, st, pdl), "grouping the rows by expert");
+                if (!(skip & BMC_SKIP_ROUTER)) RTRY(bmc_group_rows(&ga, st, pdl), "grouping the rows by expert");
             }
             MARK(8); /* "route": the grouping and gather (the routing itself ran in the norm) */
             bmc_moe_gemm_args ma;
@@ -366,7 +373,7 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
             ma.y = rs->m16;
             ma.ldy = F;
             ma.pdl = pdl;
-            RTRY(bmc_moe_gemm(&ma, wt, st), "expert fc1");
+            if (!(skip & BMC_SKIP_FC1)) RTRY(bmc_moe_gemm(&ma, wt, st), "expert fc1");
             MARK(9);
             memset(&ma, 0, sizeof ma);
             /* fc2 has few output features and long rows: an MoE layer splits K
@@ -393,7 +400,7 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
             ma.gates = E >= 2 ? rs->gate : NULL;
             ma.add = parallel;
             ma.pdl = pdl;
-            RTRY(bmc_moe_gemm(&ma, wt, st), "expert fc2");
+            if (!(skip & BMC_SKIP_FC2)) RTRY(bmc_moe_gemm(&ma, wt, st), "expert fc2");
             h_form = split > 1 && norm_follows ? BMC_H_PARTS : BMC_H_ROWS;
             h_parts = split;
             h_parts_bias = L->fc2_bias;
@@ -405,7 +412,7 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
             MARK(10);
         }
     }
-    if (head) {
+    if (head && !(skip & BMC_SKIP_HEAD)) {
         RTRY(bmc_add_layernorm(rs->res, rs->h, 0, B, d, cm->final_w, cm->final_b, BMC_NORM_EPS, rs->final16, wt, st,
                                pdl),
              "final norm");
