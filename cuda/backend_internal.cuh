@@ -109,12 +109,11 @@ enum {
     BMC_SKIP_FC1 = 1u << 5,
     BMC_SKIP_FC2 = 1u << 6,
     BMC_SKIP_HEAD = 1u << 7,
-    BMC_SKIP_NORM = 1u << 8, /* row path only: the add + RMSNorms that do not route */
-    BMC_SKIP_CONV = 1u << 9, /* row path only (the batch-1 conv is in_proj's epilogue) */
+    BMC_SKIP_CONV = 1u << 8, /* row path only (the batch-1 conv is in_proj's epilogue) */
 };
 static inline unsigned bmc_parse_debug_skip(const char *list) {
     static const char *const names[] = {"in_proj", "x_proj", "scan", "out_proj", "router",
-                                          "fc1",     "fc2",    "head", "norm",     "conv"};
+                                          "fc1",     "fc2",    "head", "conv"};
     unsigned mask = 0;
     for (const char *p = list; p && *p;) {
         const char *end = strchr(p, ',');

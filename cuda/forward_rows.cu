@@ -287,8 +287,7 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
             na.expert_of = rs->expert_of;
             na.gate = rs->gate;
         }
-        if (!(skip & BMC_SKIP_NORM) || L->n_experts >= 2) /* a routing norm stays: the experts read depend on it */
-            RTRY(bmc_add_rmsnorm(&na, st, pdl), "residual add, norm and routing");
+        RTRY(bmc_add_rmsnorm(&na, st, pdl), "residual add, norm and routing");
         MARK(1); /* with the fold or scatter of the last block when the norm finished it */
         if (L->has_mamba) {
             const dev_mamba *w = &L->mamba;
