@@ -54,7 +54,6 @@ __global__ void __launch_bounds__(MG_THREADS(TN)) moe_gemm_kernel(const bmc_moe_
     constexpr int FM = TM / (16 * WARPS_M), FN = TN / (16 * WARPS_N), LDC = TN + 4;
     extern __shared__ float4 mg_smem[];
     T *smem = reinterpret_cast<T *>(mg_smem);
-    __shared__ int s_xrow[TM];
     bmc_grid_trigger();
     bmc_grid_wait(); /* PDL: the routing (expert_start) and X come from earlier kernels */
 
@@ -83,11 +82,6 @@ __global__ void __launch_bounds__(MG_THREADS(TN)) moe_gemm_kernel(const bmc_moe_
     const bool gated = a.mode == BMC_MOE_GATED, split = a.x_lo_rows > 0;
     const int out0 = blockIdx.y * (gated ? TN / 2 : TN); /* first output feature of the tile */
     const int K = a.K, tid = threadIdx.x;
-    for (int i = tid; i < TM; i += THREADS) {
-        const int r = r0 + i;
-        s_xrow[i] = r < r1 ? r : -1;
-    }
-    __syncthreads();
 
     const T *X = reinterpret_cast<const T *>(a.X);
     const T *W = reinterpret_cast<const T *>(a.W) + (size_t)e * (size_t)a.expert_stride;
@@ -99,8 +93,8 @@ __global__ void __launch_bounds__(MG_THREADS(TN)) moe_gemm_kernel(const bmc_moe_
         T *As = stage_a(s), *Ls = stage_lo(s), *Bs = stage_b(s);
         constexpr int CH = MG_TK / 8; /* 16-byte chunks per row */
         for (int i = tid; i < TM * CH; i += THREADS) {
-            const int row = i / CH, k = k0 + (i % CH) * 8, xr = s_xrow[row];
-            const bool ok = xr >= 0 && k < K;
+            const int row = i / CH, k = k0 + (i % CH) * 8, xr = r0 + row;
+            const bool ok = xr < r1 && k < K;
             mg_cp_async16(As + row * MG_LDS + (i % CH) * 8, ok ? X + (size_t)xr * a.ldx + k : X, ok);
             if (split)
                 mg_cp_async16(Ls + row * MG_LDS + (i % CH) * 8,
