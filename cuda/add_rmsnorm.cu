@@ -21,6 +21,14 @@
 #define NORM_THREADS 256
 #define NORM_WARPS (NORM_THREADS / 32)
 #define NORM_MAX_PER_THREAD 32 /* d up to 8192 */
+/* Each launch takes the smallest of these bounds on a thread's columns that
+ * holds its d (the released widths fit in the first). The loops over a
+ * thread's columns are unrolled (its values live in registers), so the
+ * bound sets the code's length: a kernel compiled for 32 columns with
+ * routing is ~120 KB of instructions, more than the SM's instruction cache,
+ * and a block that runs it once from a cold cache waits on instruction
+ * fetches for most of its time (docs/PERF.md). */
+#define NORM_PER_THREAD_SMALL 8
 /* Columns per thread whose loads are in flight together when h comes in an
  * unfinished form (d up to 2048 in one go) */
 #define NORM_LOAD_CHUNK 8
@@ -30,7 +38,7 @@
 #define NORM_EXPERT_CHUNK 8
 /* ROUTE and H (h's form) are compiled only into their own instantiations,
  * so the plain norm (prefill) keeps its code and register budget. */
-template <typename A, bool ROUTE, int H>
+template <typename A, bool ROUTE, int H, int PER>
 __global__ void __launch_bounds__(NORM_THREADS) add_rmsnorm_kernel(bmc_norm_args a) {
     __shared__ float scratch[33];
     const int r = blockIdx.x, d = a.d;
@@ -38,17 +46,38 @@ __global__ void __launch_bounds__(NORM_THREADS) add_rmsnorm_kernel(bmc_norm_args
      * previous kernel drains; everything else (the live count, res, h and
      * its pieces, the routing arrays, every store) after the wait */
     bmc_grid_trigger();
-    if constexpr (ROUTE)
-        if (threadIdx.x == 0) bmc_prefetch_l2(a.route_w, (size_t)a.n_experts * d * sizeof(float), r, gridDim.x);
+    /* The weights this thread multiplies by (the norms', and at the small
+     * bound the first NORM_EXPERT_CHUNK router rows) into registers while
+     * the previous kernel drains: after the wait only the row's own loads
+     * are on the critical path. */
+    constexpr bool HELD = PER <= NORM_PER_THREAD_SMALL, ROUTER_HELD = ROUTE && HELD; /* at 32 columns they would spill */
+    constexpr int NH = HELD ? PER : 1;
+    float wa[NH], wb[NH], wr[ROUTER_HELD ? NORM_EXPERT_CHUNK : 1][NH];
+#pragma unroll
+    for (int i = 0; i < NH; i++) {
+        const int k = threadIdx.x + i * NORM_THREADS;
+        wa[i] = HELD && a.w_a && k < d ? __ldg(a.w_a + k) : 0.0f;
+        wb[i] = HELD && a.w_b && k < d ? __ldg(a.w_b + k) : 0.0f;
+        if constexpr (ROUTER_HELD)
+#pragma unroll
+            for (int j = 0; j < NORM_EXPERT_CHUNK; j++)
+                wr[j][i] = j < a.n_experts && k < d ? __ldg(a.route_w + (size_t)j * d + k) : 0.0f;
+    }
+    if constexpr (ROUTE) /* the router rows not held, if any, start for L2 */
+        if (threadIdx.x == 0 && a.n_experts > (ROUTER_HELD ? NORM_EXPERT_CHUNK : 0)) {
+            const size_t first = ROUTER_HELD ? (size_t)NORM_EXPERT_CHUNK * d : 0;
+            bmc_prefetch_l2(a.route_w + first, (size_t)a.n_experts * d * sizeof(float) - first * sizeof(float), r,
+                            gridDim.x);
+        }
     bmc_grid_wait();
     float *res = a.res + (size_t)r * d;
     const float *h = a.h + (size_t)r * d;
     const bool live = !a.n_dev || r < *a.n_dev;
-    float v[NORM_MAX_PER_THREAD];
+    float v[PER];
     float ss = 0.0f;
     if constexpr (H == BMC_H_ROWS) {
 #pragma unroll
-        for (int i = 0; i < NORM_MAX_PER_THREAD; i++) {
+        for (int i = 0; i < PER; i++) {
             int k = threadIdx.x + i * NORM_THREADS;
             v[i] = 0.0f;
             if (k < d) {
@@ -72,9 +101,9 @@ __global__ void __launch_bounds__(NORM_THREADS) add_rmsnorm_kernel(bmc_norm_args
             if (live)
                 expert = bmc_expert_row_at(a.parts, a.parts_pos[r], r, a.parts_gate, a.parts_bias, a.parts_expert, d);
 #pragma unroll
-        for (int i = 0; i < NORM_MAX_PER_THREAD; i++) v[i] = 0.0f;
+        for (int i = 0; i < PER; i++) v[i] = 0.0f;
 #pragma unroll
-        for (int c = 0; c < NORM_MAX_PER_THREAD; c += NORM_LOAD_CHUNK) {
+        for (int c = 0; c < PER; c += NORM_LOAD_CHUNK) {
             const int k0 = threadIdx.x + c * NORM_THREADS;
             if (k0 >= d) break;
             float res_in[NORM_LOAD_CHUNK], hv[NORM_LOAD_CHUNK];
@@ -92,7 +121,7 @@ __global__ void __launch_bounds__(NORM_THREADS) add_rmsnorm_kernel(bmc_norm_args
             for (int j = 0; j < NORM_LOAD_CHUNK; j++) v[c + j] = res_in[j] + hv[j];
         }
 #pragma unroll
-        for (int i = 0; i < NORM_MAX_PER_THREAD; i++) {
+        for (int i = 0; i < PER; i++) {
             const int k = threadIdx.x + i * NORM_THREADS;
             if (k < d) {
                 res[k] = v[i];
@@ -103,13 +132,13 @@ __global__ void __launch_bounds__(NORM_THREADS) add_rmsnorm_kernel(bmc_norm_args
     ss = bmc_block_sum(ss, scratch);
     const float scale = rsqrtf(ss / (float)d + a.eps);
 #pragma unroll
-    for (int i = 0; i < NORM_MAX_PER_THREAD; i++) {
+    for (int i = 0; i < PER; i++) {
         int k = threadIdx.x + i * NORM_THREADS;
         if (k >= d) continue;
         size_t o = (size_t)r * d + k;
         const size_t lo = (size_t)a.lo_rows * d;
         if (a.w_a) {
-            float y = v[i] * scale * a.w_a[k];
+            float y = v[i] * scale * (HELD ? wa[i % NH] : a.w_a[k]);
             if (a.out_a_f32) a.out_a_f32[o] = y;
             if (a.out_a_16) {
                 const A hi = bmc_from_float<A>(y);
@@ -118,7 +147,7 @@ __global__ void __launch_bounds__(NORM_THREADS) add_rmsnorm_kernel(bmc_norm_args
             }
         }
         if (a.w_b) {
-            float y = v[i] * scale * a.w_b[k];
+            float y = v[i] * scale * (HELD ? wb[i % NH] : a.w_b[k]);
             if (a.out_b_f32) a.out_b_f32[o] = y;
             if (a.out_b_16) {
                 const A hi = bmc_from_float<A>(y);
@@ -134,25 +163,30 @@ __global__ void __launch_bounds__(NORM_THREADS) add_rmsnorm_kernel(bmc_norm_args
          * fixed order, so a row's routing is the same on every run */
         __shared__ float part[NORM_WARPS][NORM_MAX_EXPERTS], logit[NORM_MAX_EXPERTS];
         const int E = a.n_experts, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-        for (int e0 = 0; e0 < E; e0 += NORM_EXPERT_CHUNK) {
+        /* experts e0.. e0 + NORM_EXPERT_CHUNK - 1, router weight (j, i) from weight */
+        auto chunk = [&](int e0, auto weight) {
             float acc[NORM_EXPERT_CHUNK];
 #pragma unroll
             for (int j = 0; j < NORM_EXPERT_CHUNK; j++) acc[j] = 0.0f;
 #pragma unroll
-            for (int i = 0; i < NORM_MAX_PER_THREAD; i++) {
-                const int k = threadIdx.x + i * NORM_THREADS;
-                if (k >= d) continue;
-                const float *w = a.route_w + (size_t)e0 * d + k;
+            for (int i = 0; i < PER; i++) {
+                if (threadIdx.x + i * NORM_THREADS >= d) continue;
 #pragma unroll
                 for (int j = 0; j < NORM_EXPERT_CHUNK; j++)
-                    if (e0 + j < E) acc[j] += v[i] * __ldg(w + (size_t)j * d);
+                    if (e0 + j < E) acc[j] += v[i] * weight(j, i);
             }
 #pragma unroll
             for (int j = 0; j < NORM_EXPERT_CHUNK; j++) {
                 const float s = bmc_warp_sum(acc[j]);
                 if (lane == 0 && e0 + j < E) part[warp][e0 + j] = s;
             }
-        }
+        };
+        if constexpr (ROUTER_HELD) chunk(0, [&](int j, int i) { return wr[j][i]; });
+#pragma unroll 1
+        for (int e0 = ROUTER_HELD ? NORM_EXPERT_CHUNK : 0; e0 < E; e0 += NORM_EXPERT_CHUNK)
+            chunk(e0, [&](int j, int i) {
+                return __ldg(a.route_w + (size_t)(e0 + j) * d + threadIdx.x + i * NORM_THREADS);
+            });
         __syncthreads();
         if (warp != 0) return;
         for (int e = lane; e < E; e += 32) {
@@ -175,16 +209,21 @@ __global__ void __launch_bounds__(NORM_THREADS) add_rmsnorm_kernel(bmc_norm_args
     }
 }
 
-template <typename A, bool ROUTE>
+template <typename A, bool ROUTE, int PER>
 static cudaError_t launch_form(const bmc_norm_args *a, cudaStream_t stream, int pdl) {
-    void (*kernel)(bmc_norm_args) = a->h_form == BMC_H_HALVES  ? add_rmsnorm_kernel<A, ROUTE, BMC_H_HALVES>
-                                    : a->h_form == BMC_H_PARTS ? add_rmsnorm_kernel<A, ROUTE, BMC_H_PARTS>
-                                                               : add_rmsnorm_kernel<A, ROUTE, BMC_H_ROWS>;
+    void (*kernel)(bmc_norm_args) = a->h_form == BMC_H_HALVES  ? add_rmsnorm_kernel<A, ROUTE, BMC_H_HALVES, PER>
+                                    : a->h_form == BMC_H_PARTS ? add_rmsnorm_kernel<A, ROUTE, BMC_H_PARTS, PER>
+                                                               : add_rmsnorm_kernel<A, ROUTE, BMC_H_ROWS, PER>;
     return bmc_launch(kernel, dim3(a->rows), dim3(NORM_THREADS), 0, stream, pdl, *a);
 }
 
+template <typename A, int PER> static cudaError_t launch_per(const bmc_norm_args *a, cudaStream_t stream, int pdl) {
+    return a->route_w ? launch_form<A, true, PER>(a, stream, pdl) : launch_form<A, false, PER>(a, stream, pdl);
+}
+
 template <typename A> static cudaError_t launch(const bmc_norm_args *a, cudaStream_t stream, int pdl) {
-    return a->route_w ? launch_form<A, true>(a, stream, pdl) : launch_form<A, false>(a, stream, pdl);
+    return a->d <= NORM_THREADS * NORM_PER_THREAD_SMALL ? launch_per<A, NORM_PER_THREAD_SMALL>(a, stream, pdl)
+                                                        : launch_per<A, NORM_MAX_PER_THREAD>(a, stream, pdl);
 }
 
 cudaError_t bmc_add_rmsnorm(const bmc_norm_args *a, cudaStream_t stream, int pdl) {
