@@ -7,8 +7,11 @@
 
 #define LN_THREADS 256
 #define LN_MAX_PER_THREAD 32
+/* The bound a launch compiles for where d allows: unrolled over fewer
+ * columns, the kernel is a third the length (as add_rmsnorm.cu's norms). */
+#define LN_PER_THREAD_SMALL 8
 
-template <typename A>
+template <typename A, int PER>
 __global__ void __launch_bounds__(LN_THREADS) add_layernorm_kernel(const float *res, const float *h, int r0, int d,
                                                                    const float *w, const float *b, float eps, A *out) {
     __shared__ float scratch[33];
@@ -16,10 +19,10 @@ __global__ void __launch_bounds__(LN_THREADS) add_layernorm_kernel(const float *
     bmc_grid_wait(); /* PDL: res and h come from the last layer */
     const int i = blockIdx.x;
     const float *rr = res + (size_t)(r0 + i) * d, *hh = h + (size_t)(r0 + i) * d;
-    float v[LN_MAX_PER_THREAD];
+    float v[PER];
     float sum = 0.0f;
 #pragma unroll
-    for (int j = 0; j < LN_MAX_PER_THREAD; j++) {
+    for (int j = 0; j < PER; j++) {
         int k = threadIdx.x + j * LN_THREADS;
         v[j] = k < d ? rr[k] + hh[k] : 0.0f;
         sum += v[j];
@@ -27,25 +30,37 @@ __global__ void __launch_bounds__(LN_THREADS) add_layernorm_kernel(const float *
     const float mean = bmc_block_sum(sum, scratch) / (float)d;
     float var = 0.0f;
 #pragma unroll
-    for (int j = 0; j < LN_MAX_PER_THREAD; j++) {
+    for (int j = 0; j < PER; j++) {
         int k = threadIdx.x + j * LN_THREADS;
         if (k < d) var += (v[j] - mean) * (v[j] - mean);
     }
     const float rstd = rsqrtf(bmc_block_sum(var, scratch) / (float)d + eps);
 #pragma unroll
-    for (int j = 0; j < LN_MAX_PER_THREAD; j++) {
+    for (int j = 0; j < PER; j++) {
         int k = threadIdx.x + j * LN_THREADS;
         if (k < d) out[(size_t)i * d + k] = bmc_from_float<A>((v[j] - mean) * rstd * w[k] + b[k]);
     }
+}
+
+template <typename A, int PER>
+static cudaError_t launch(const float *res, const float *h, int r0, int rows, int d, const float *w, const float *b,
+                          float eps, void *out, cudaStream_t stream, int pdl) {
+    return bmc_launch(add_layernorm_kernel<A, PER>, dim3(rows), dim3(LN_THREADS), 0, stream, pdl, res, h, r0, d, w, b,
+                      eps, (A *)out);
+}
+
+template <typename A>
+static cudaError_t launch_type(const float *res, const float *h, int r0, int rows, int d, const float *w,
+                               const float *b, float eps, void *out, cudaStream_t stream, int pdl) {
+    return d <= LN_THREADS * LN_PER_THREAD_SMALL
+               ? launch<A, LN_PER_THREAD_SMALL>(res, h, r0, rows, d, w, b, eps, out, stream, pdl)
+               : launch<A, LN_MAX_PER_THREAD>(res, h, r0, rows, d, w, b, eps, out, stream, pdl);
 }
 
 cudaError_t bmc_add_layernorm(const float *res, const float *h, int r0, int rows, int d, const float *w,
                               const float *b, float eps, void *out, int act_type, cudaStream_t stream, int pdl) {
     if (rows <= 0) return cudaSuccess;
     if (d > LN_THREADS * LN_MAX_PER_THREAD) return cudaErrorInvalidValue;
-    if (act_type == BMC_F16)
-        return bmc_launch(add_layernorm_kernel<__half>, dim3(rows), dim3(LN_THREADS), 0, stream, pdl, res, h, r0, d, w,
-                          b, eps, (__half *)out);
-    return bmc_launch(add_layernorm_kernel<__nv_bfloat16>, dim3(rows), dim3(LN_THREADS), 0, stream, pdl, res, h, r0, d,
-                      w, b, eps, (__nv_bfloat16 *)out);
+    return act_type == BMC_F16 ? launch_type<__half>(res, h, r0, rows, d, w, b, eps, out, stream, pdl)
+                               : launch_type<__nv_bfloat16>(res, h, r0, rows, d, w, b, eps, out, stream, pdl);
 }
