@@ -36,9 +36,15 @@
 /* Logits accumulated in registers together: bounds the registers the routing
  * adds; more experts take more passes over the row, not more barriers. */
 #define NORM_EXPERT_CHUNK 8
+/* How a launch routes: not at all, with the router's rows held in registers
+ * (at most NORM_EXPERT_CHUNK experts, the small column bound), or with them
+ * read at use. Each is its own instantiation: the held form has no loop
+ * over further experts, so its code stays short. */
+enum { ROUTE_NONE, ROUTE_HELD, ROUTE_READ };
+
 /* ROUTE and H (h's form) are compiled only into their own instantiations,
  * so the plain norm (prefill) keeps its code and register budget. */
-template <typename A, bool ROUTE, int H, int PER>
+template <typename A, int ROUTE, int H, int PER>
 __global__ void __launch_bounds__(NORM_THREADS) add_rmsnorm_kernel(bmc_norm_args a) {
     __shared__ float scratch[33];
     const int r = blockIdx.x, d = a.d;
@@ -50,7 +56,8 @@ __global__ void __launch_bounds__(NORM_THREADS) add_rmsnorm_kernel(bmc_norm_args
      * bound the first NORM_EXPERT_CHUNK router rows) into registers while
      * the previous kernel drains: after the wait only the row's own loads
      * are on the critical path. */
-    constexpr bool HELD = PER <= NORM_PER_THREAD_SMALL, ROUTER_HELD = ROUTE && HELD; /* at 32 columns they would spill */
+    static_assert(ROUTE != ROUTE_HELD || PER <= NORM_PER_THREAD_SMALL, "held router rows: the small bound only");
+    constexpr bool HELD = PER <= NORM_PER_THREAD_SMALL, ROUTER_HELD = ROUTE == ROUTE_HELD; /* at 32 columns they would spill */
     constexpr int NH = HELD ? PER : 1;
     float wa[NH], wb[NH], wr[ROUTER_HELD ? NORM_EXPERT_CHUNK : 1][NH];
 #pragma unroll
@@ -63,12 +70,8 @@ __global__ void __launch_bounds__(NORM_THREADS) add_rmsnorm_kernel(bmc_norm_args
             for (int j = 0; j < NORM_EXPERT_CHUNK; j++)
                 wr[j][i] = j < a.n_experts && k < d ? __ldg(a.route_w + (size_t)j * d + k) : 0.0f;
     }
-    if constexpr (ROUTE) /* the router rows not held, if any, start for L2 */
-        if (threadIdx.x == 0 && a.n_experts > (ROUTER_HELD ? NORM_EXPERT_CHUNK : 0)) {
-            const size_t first = ROUTER_HELD ? (size_t)NORM_EXPERT_CHUNK * d : 0;
-            bmc_prefetch_l2(a.route_w + first, (size_t)a.n_experts * d * sizeof(float) - first * sizeof(float), r,
-                            gridDim.x);
-        }
+    if constexpr (ROUTE == ROUTE_READ) /* the router's rows start for L2 */
+        if (threadIdx.x == 0) bmc_prefetch_l2(a.route_w, (size_t)a.n_experts * d * sizeof(float), r, gridDim.x);
     bmc_grid_wait();
     float *res = a.res + (size_t)r * d;
     const float *h = a.h + (size_t)r * d;
@@ -154,10 +157,10 @@ __global__ void __launch_bounds__(NORM_THREADS) add_rmsnorm_kernel(bmc_norm_args
                 ((A *)a.out_b_16)[o] = hi;
                 if (lo) ((A *)a.out_b_16)[o + lo] = bmc_from_float<A>(y - bmc_to_float<A>(hi));
             }
-            if constexpr (ROUTE) v[i] = y; /* the logits see exactly the f32 row the expert GEMMs get */
+            if constexpr (ROUTE != ROUTE_NONE) v[i] = y; /* the logits see exactly the f32 row the expert GEMMs get */
         }
     }
-    if constexpr (ROUTE) {
+    if constexpr (ROUTE != ROUTE_NONE) {
         if (!live) return; /* padding rows are not routed (the whole block: the barrier below stays whole) */
         /* part: each warp's share of every logit, summed over the warps in a
          * fixed order, so a row's routing is the same on every run */
@@ -181,12 +184,15 @@ __global__ void __launch_bounds__(NORM_THREADS) add_rmsnorm_kernel(bmc_norm_args
                 if (lane == 0 && e0 + j < E) part[warp][e0 + j] = s;
             }
         };
-        if constexpr (ROUTER_HELD) chunk(0, [&](int j, int i) { return wr[j][i]; });
+        if constexpr (ROUTER_HELD) {
+            chunk(0, [&](int j, int i) { return wr[j][i]; });
+        } else {
 #pragma unroll 1
-        for (int e0 = ROUTER_HELD ? NORM_EXPERT_CHUNK : 0; e0 < E; e0 += NORM_EXPERT_CHUNK)
-            chunk(e0, [&](int j, int i) {
-                return __ldg(a.route_w + (size_t)(e0 + j) * d + threadIdx.x + i * NORM_THREADS);
-            });
+            for (int e0 = 0; e0 < E; e0 += NORM_EXPERT_CHUNK)
+                chunk(e0, [&](int j, int i) {
+                    return __ldg(a.route_w + (size_t)(e0 + j) * d + threadIdx.x + i * NORM_THREADS);
+                });
+        }
         __syncthreads();
         if (warp != 0) return;
         for (int e = lane; e < E; e += 32) {
@@ -209,7 +215,7 @@ __global__ void __launch_bounds__(NORM_THREADS) add_rmsnorm_kernel(bmc_norm_args
     }
 }
 
-template <typename A, bool ROUTE, int PER>
+template <typename A, int ROUTE, int PER>
 static cudaError_t launch_form(const bmc_norm_args *a, cudaStream_t stream, int pdl) {
     void (*kernel)(bmc_norm_args) = a->h_form == BMC_H_HALVES  ? add_rmsnorm_kernel<A, ROUTE, BMC_H_HALVES, PER>
                                     : a->h_form == BMC_H_PARTS ? add_rmsnorm_kernel<A, ROUTE, BMC_H_PARTS, PER>
@@ -218,7 +224,10 @@ static cudaError_t launch_form(const bmc_norm_args *a, cudaStream_t stream, int 
 }
 
 template <typename A, int PER> static cudaError_t launch_per(const bmc_norm_args *a, cudaStream_t stream, int pdl) {
-    return a->route_w ? launch_form<A, true, PER>(a, stream, pdl) : launch_form<A, false, PER>(a, stream, pdl);
+    if (!a->route_w) return launch_form<A, ROUTE_NONE, PER>(a, stream, pdl);
+    if constexpr (PER <= NORM_PER_THREAD_SMALL)
+        if (a->n_experts <= NORM_EXPERT_CHUNK) return launch_form<A, ROUTE_HELD, PER>(a, stream, pdl);
+    return launch_form<A, ROUTE_READ, PER>(a, stream, pdl);
 }
 
 template <typename A> static cudaError_t launch(const bmc_norm_args *a, cudaStream_t stream, int pdl) {
