@@ -111,8 +111,12 @@ __device__ void store_and_route(const bmc_gemv_args &a, float (*red)[2][MAXB], i
 
 /* ROUTE: the STORE_ROUTE epilogue is compiled only into its own
  * instantiation, so the plain projections keep their register budget. */
-template <typename T, int MAXB, bool ROUTE>
+/* PRO and EPI >= 0 compile the kernel for that prologue and epilogue only
+ * (the batch-1 step's combinations: the code its blocks fetch from a cold
+ * instruction cache stays short); -1 reads them from the arguments. */
+template <typename T, int MAXB, bool ROUTE, int PRO, int EPI>
 __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const bmc_gemv_args a, int ksplit, int gated) {
+    const int prologue = PRO >= 0 ? PRO : a.prologue, epilogue = EPI >= 0 ? EPI : a.epilogue;
     extern __shared__ float4 gemv_smem[];
     float *xs = reinterpret_cast<float *>(gemv_smem); /* [count, K] inputs */
     __shared__ float red[GEMV_WARPS][2][MAXB];
@@ -188,13 +192,13 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const bmc_gemv_args 
     }
 
     /* ---- prologue: the inputs, as f32 in shared memory ---- */
-    if (a.prologue == BMC_PRO_LOAD) {
+    if (prologue == BMC_PRO_LOAD) {
         for (int b = 0; b < count; b++) {
             const float4 *src = reinterpret_cast<const float4 *>(a.x + (size_t)s_rows[b] * a.ldx);
             float4 *dst = reinterpret_cast<float4 *>(xs + (size_t)b * K);
             for (int k4 = threadIdx.x; k4 < K / 4; k4 += GEMV_THREADS) dst[k4] = src[k4];
         }
-    } else if (a.prologue == BMC_PRO_SCALED) {
+    } else if (prologue == BMC_PRO_SCALED) {
         for (int b = 0; b < count; b++) {
             const float *src = a.x + (size_t)s_rows[b] * a.ldx;
             const float scale = a.scales[s_rows[b]];
@@ -214,7 +218,7 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const bmc_gemv_args 
                 sum += v;
                 ss += v * v;
             }
-            if (a.prologue == BMC_PRO_ADD_RMSNORM) {
+            if (prologue == BMC_PRO_ADD_RMSNORM) {
                 const float scale = rsqrtf(bmc_block_sum(ss, scratch) / (float)K + a.eps);
                 for (int k = threadIdx.x; k < K; k += GEMV_THREADS) x[k] = x[k] * scale * a.norm_w[k];
             } else {
@@ -287,7 +291,7 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const bmc_gemv_args 
         if (valid_b) tb += bias[row_b];
     }
     float *y = a.y + (size_t)rb * a.ldy;
-    switch (a.epilogue) {
+    switch (epilogue) {
     case BMC_EPI_GATED:
         if (valid_a) y[row_a] = (a.act == 1 ? bmc_silu(ta) : bmc_gelu(ta)) * tb;
         break;
@@ -298,7 +302,7 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const bmc_gemv_args 
     case BMC_EPI_SCALE_STORE:
     case BMC_EPI_SCALE_ADD: {
         const float g = a.gates[rb];
-        const bool add = a.epilogue == BMC_EPI_SCALE_ADD;
+        const bool add = epilogue == BMC_EPI_SCALE_ADD;
         if (valid_a) y[row_a] = (add ? y[row_a] : 0.0f) + g * ta;
         if (valid_b) y[row_b] = (add ? y[row_b] : 0.0f) + g * tb;
         break;
@@ -332,6 +336,26 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const bmc_gemv_args 
     }
 }
 
+/* The kernel for a's prologue and epilogue: specialised for the batch-1
+ * step's combinations, the generic one otherwise. */
+template <typename T, int MAXB, bool ROUTE> static void (*gemv_for(const bmc_gemv_args *a))(bmc_gemv_args, int, int) {
+    if constexpr (MAXB == 1 && !ROUTE) {
+#define GEMV_CASE(P, E)                                                                                                \
+    if (a->prologue == (P) && a->epilogue == (E)) return gemv_kernel<T, 1, false, (P), (E)>;
+        GEMV_CASE(BMC_PRO_ADD_RMSNORM, BMC_EPI_CONV_SILU)
+        GEMV_CASE(BMC_PRO_LOAD, BMC_EPI_STORE)
+        GEMV_CASE(BMC_PRO_LOAD, BMC_EPI_GATED)
+        GEMV_CASE(BMC_PRO_LOAD, BMC_EPI_ACT)
+        GEMV_CASE(BMC_PRO_SCALED, BMC_EPI_GATED)
+        GEMV_CASE(BMC_PRO_SCALED, BMC_EPI_ACT)
+        GEMV_CASE(BMC_PRO_LOAD, BMC_EPI_SCALE_STORE)
+        GEMV_CASE(BMC_PRO_LOAD, BMC_EPI_SCALE_ADD)
+        GEMV_CASE(BMC_PRO_ADD_LAYERNORM, BMC_EPI_STORE)
+#undef GEMV_CASE
+    }
+    return gemv_kernel<T, MAXB, ROUTE, -1, -1>;
+}
+
 template <typename T, int MAXB, bool ROUTE>
 static cudaError_t launch(const bmc_gemv_args *a, int ksplit, int sm_count, cudaStream_t stream, int pdl) {
     const int gated = a->epilogue == BMC_EPI_GATED;
@@ -351,13 +375,13 @@ static cudaError_t launch(const bmc_gemv_args *a, int ksplit, int sm_count, cuda
     }
     const int ppb = GEMV_WARPS / ksplit;
     const size_t smem = (size_t)(a->nb < MAXB ? a->nb : MAXB) * (size_t)a->K * sizeof(float);
+    void (*kernel)(bmc_gemv_args, int, int) = gemv_for<T, MAXB, ROUTE>(a);
     if (smem > 32 * 1024) { /* static shared memory counts against the same 48 KB default */
-        cudaError_t e = cudaFuncSetAttribute(gemv_kernel<T, MAXB, ROUTE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             (int)smem);
+        cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (e != cudaSuccess) return e;
     }
-    return bmc_launch(gemv_kernel<T, MAXB, ROUTE>, dim3((n_pairs + ppb - 1) / ppb, slots), dim3(GEMV_THREADS), smem,
-                      stream, pdl, *a, ksplit, gated);
+    return bmc_launch(kernel, dim3((n_pairs + ppb - 1) / ppb, slots), dim3(GEMV_THREADS), smem, stream, pdl, *a, ksplit,
+                      gated);
 }
 
 int bmc_gemv_max_blocks(int rows) { return (rows + 1) / 2; /* ksplit 8: one row pair per block */ }
