@@ -4,8 +4,8 @@
  * found through its state pointer (the states are the host's objects,
  * anywhere in device memory). The arithmetic is the order of the GEMV
  * epilogue (gemv.cu, BMC_EPI_CONV_SILU), so both paths agree in f32.
- * Launched with PDL (pdl): a thread loads its channel's weights, then waits
- * for the previous kernel before it reads the state pointer or xz. */
+ * Launched with PDL (pdl): a thread loads its channel's weights and its
+ * conv history, then waits for the previous kernel before it reads xz. */
 #include "device_util.cuh"
 #include "kernels.cuh"
 
@@ -22,9 +22,16 @@ __global__ void __launch_bounds__(CONV_STEP_THREADS) conv_step_kernel(const bmc_
 #pragma unroll
     for (int k = 0; k < BMC_MAX_CONV - 1; k++) wk[k] = k < km1 ? w[k] : 0.0f;
     const float w_new = w[km1], cb = a.conv_b[c];
+    /* and the conv history: only this layer's conv writes it, one step ago
+     * (an earlier graph launch), and the state pointers were copied in
+     * before the step's first kernel */
+    float *const sp = a.state_ptrs[b];
+    float *hist = sp ? sp + a.conv_offset + (size_t)c * km1 : nullptr;
+    float h[BMC_MAX_CONV];
+#pragma unroll
+    for (int k = 0; k < BMC_MAX_CONV - 1; k++) h[k] = hist && k < km1 ? hist[k] : 0.0f;
     bmc_grid_wait();
     float *x = a.xz + (size_t)b * a.ldxz + c;
-    float *const sp = a.state_ptrs[b];
     if (!sp) { /* padding row: x_proj reads a zero input */
         *x = 0.0f;
         return;
@@ -35,10 +42,6 @@ __global__ void __launch_bounds__(CONV_STEP_THREADS) conv_step_kernel(const bmc_
         v += x[lo];
         x[a.di] += x[lo + a.di];
     }
-    float *hist = sp + a.conv_offset + (size_t)c * km1;
-    float h[BMC_MAX_CONV];
-#pragma unroll
-    for (int k = 0; k < BMC_MAX_CONV - 1; k++) h[k] = k < km1 ? hist[k] : 0.0f;
     float conv = cb + w_new * v;
 #pragma unroll
     for (int k = 0; k < BMC_MAX_CONV - 1; k++)

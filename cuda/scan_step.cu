@@ -143,16 +143,16 @@ __global__ void __launch_bounds__(SR_THREADS, 3) scan_rows_kernel(const bmc_step
             const int ch = i / Rp, r = i - ch * Rp;
             if (ch >= n_ch || r >= R) w_dt[ch * ldw + r] = 0.0f;
         }
-    bmc_grid_wait(); /* the state pointers, xz and xdbl come from earlier kernels */
-
+    /* The ssm state before the wait too: no kernel of the step before this
+     * one writes it (only this layer's scan does, one step ago: an earlier
+     * graph launch, complete), and the state pointers were copied in before
+     * the step's first kernel. So the state's DRAM reads overlap x_proj. */
     float *sp[SR_SPT];
     float4 s[SR_SPT][4];
-    float u[SR_SPT], z[SR_SPT];
 #pragma unroll
     for (int j = 0; j < SR_SPT; j++) {
         const int b = b_first + j;
         sp[j] = b < a.nb ? a.state_ptrs[b] : nullptr;
-        u[j] = z[j] = 0.0f;
 #pragma unroll
         for (int q = 0; q < 4; q++) s[j][q] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         if (sp[j] && live) {
@@ -160,6 +160,16 @@ __global__ void __launch_bounds__(SR_THREADS, 3) scan_rows_kernel(const bmc_step
             const float4 *st = reinterpret_cast<const float4 *>(sp[j] + a.ssm_offset + (size_t)c * BMC_D_STATE);
 #pragma unroll
             for (int q = 0; q < 4; q++) s[j][q] = __ldcs(st + q);
+        }
+    }
+    bmc_grid_wait(); /* xz and xdbl come from earlier kernels */
+
+    float u[SR_SPT], z[SR_SPT];
+#pragma unroll
+    for (int j = 0; j < SR_SPT; j++) {
+        const int b = b_first + j;
+        u[j] = z[j] = 0.0f;
+        if (sp[j] && live) {
             u[j] = a.xz[(size_t)b * 2 * a.di + c];
             z[j] = a.xz[(size_t)b * 2 * a.di + a.di + c];
         }
