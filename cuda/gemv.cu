@@ -165,6 +165,26 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const bmc_gemv_args 
         wb = reinterpret_cast<const uint4 *>(W + (size_t)row_b * K);
         load(c0);
     }
+    /* The batch-1 in_proj's conv history, for the epilogue's lane 0: only
+     * this layer's in_proj writes it, one step ago (an earlier graph
+     * launch), and the state pointers were copied in before the step's
+     * first kernel. */
+    constexpr bool HIST_EARLY = EPI == BMC_EPI_CONV_SILU && MAXB == 1;
+    float hist_early[HIST_EARLY ? 2 : 1][HIST_EARLY ? BMC_MAX_CONV - 1 : 1];
+    if constexpr (HIST_EARLY)
+        if (!moe && kslice == 0 && lane == 0 && a.nb == 1) {
+            const int rows2[2] = {row_a, row_b};
+            const bool valid2[2] = {valid_a, valid_b};
+            const float *sp = a.state_ptrs[0];
+            const int km1 = a.d_conv - 1;
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+#pragma unroll
+                for (int k = 0; k < BMC_MAX_CONV - 1; k++)
+                    hist_early[i][k] = sp && valid2[i] && rows2[i] < a.di && k < km1
+                                           ? sp[a.conv_offset + (size_t)rows2[i] * km1 + k]
+                                           : 0.0f;
+        }
     bmc_grid_wait();
     if (threadIdx.x == 0) {
         if (moe) {
@@ -311,6 +331,7 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const bmc_gemv_args 
         const int rows2[2] = {row_a, row_b};
         const bool valid2[2] = {valid_a, valid_b};
         const float val2[2] = {ta, tb};
+#pragma unroll
         for (int i = 0; i < 2; i++) {
             if (!valid2[i]) continue;
             const int row = rows2[i];
@@ -322,8 +343,17 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const bmc_gemv_args 
             float *hist = a.state_ptrs[rb] + a.conv_offset + (size_t)row * km1;
             const float *w = a.conv_w + (size_t)row * a.d_conv;
             float conv = a.conv_b[row] + w[km1] * val2[i];
-            for (int k = 0; k < km1; k++) conv += w[k] * hist[k];
-            for (int k = 0; k + 1 < km1; k++) hist[k] = hist[k + 1];
+            if constexpr (HIST_EARLY) {
+#pragma unroll
+                for (int k = 0; k < BMC_MAX_CONV - 1; k++)
+                    if (k < km1) conv += w[k] * hist_early[i][k];
+#pragma unroll
+                for (int k = 0; k + 1 < BMC_MAX_CONV - 1; k++)
+                    if (k + 1 < km1) hist[k] = hist_early[i][k + 1];
+            } else {
+                for (int k = 0; k < km1; k++) conv += w[k] * hist[k];
+                for (int k = 0; k + 1 < km1; k++) hist[k] = hist[k + 1];
+            }
             if (km1 > 0) hist[km1 - 1] = val2[i];
             y[row] = bmc_silu(conv);
         }

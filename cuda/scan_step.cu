@@ -31,9 +31,14 @@ __global__ void __launch_bounds__(STEP_THREADS) scan_step_kernel(const bmc_step_
     const float A = a.A[(size_t)c * BMC_D_STATE + n], Dc = a.D[c], bias = a.dt_bias[c];
     if (threadIdx.x == 0)
         bmc_prefetch_l2(a.prefetch, a.prefetch_bytes, blockIdx.y * gridDim.x + blockIdx.x, gridDim.x * gridDim.y);
+    /* The state entry too: only this layer's scan writes it, one step ago
+     * (an earlier graph launch), and the state pointers were copied in
+     * before the step's first kernel. */
+    float *const sp = a.state_ptrs[b];
+    float *const state = sp ? sp + a.ssm_offset + (size_t)c * BMC_D_STATE + n : nullptr;
+    float s = sp && live ? *state : 0.0f;
     bmc_grid_wait();
 
-    float *const sp = a.state_ptrs[b];
     if (!sp) return;
     const float *xd = a.xdbl + (size_t)b * a.ldxdbl;
     float dt = 0.0f;
@@ -47,8 +52,6 @@ __global__ void __launch_bounds__(STEP_THREADS) scan_step_kernel(const bmc_step_
     const float delta = bmc_softplus(dt + bias);
     const float u = a.xz[(size_t)b * 2 * a.di + c], z = a.xz[(size_t)b * 2 * a.di + a.di + c];
     const float Bn = xd[a.R + n], Cn = xd[a.R + BMC_D_STATE + n];
-    float *state = sp + a.ssm_offset + (size_t)c * BMC_D_STATE + n;
-    float s = live ? *state : 0.0f;
     s = expf(delta * A) * s + delta * u * Bn;
     if (live) *state = s;
     float y = s * Cn;
