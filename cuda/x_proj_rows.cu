@@ -58,6 +58,15 @@ __global__ void __launch_bounds__(XP_THREADS, 3) x_proj_rows_kernel(const float 
         const int j0 = blockIdx.x * BN;
         bmc_prefetch_l2(W + (size_t)j0 * K, (size_t)min(BN, n_out - j0) * K * sizeof(T), blockIdx.y, gridDim.y);
     }
+    /* The weights one step ahead: the first step's before the wait, each
+     * next step's while this one's products run (up to 2 columns a lane:
+     * with 4 the registers would spill, and the one step is loaded at use). */
+    constexpr bool AHEAD = CPL <= 2;
+    const int k_first = kg * XP_PIECE + kl * 8, k_step = KW * XP_PIECE;
+    uint4 wv[CPL];
+#pragma unroll
+    for (int i = 0; i < CPL; i++)
+        wv[i] = AHEAD && wok[i] && k_first < K ? __ldg(wp[i] + k_first / 8) : make_uint4(0, 0, 0, 0);
     bmc_grid_wait();
     float acc[BMW][CPL];
 #pragma unroll
@@ -66,12 +75,16 @@ __global__ void __launch_bounds__(XP_THREADS, 3) x_proj_rows_kernel(const float 
         for (int i = 0; i < CPL; i++) acc[r][i] = 0.0f;
 
 #pragma unroll 2
-    for (int k = kg * XP_PIECE + kl * 8; k < K; k += KW * XP_PIECE) {
+    for (int k = k_first; k < K; k += k_step) {
         float w[CPL][8];
 #pragma unroll
         for (int i = 0; i < CPL; i++) {
-            const uint4 v = wok[i] ? __ldg(wp[i] + k / 8) : make_uint4(0, 0, 0, 0);
-            bmc_unpack<T>::run(v, w[i]);
+            if constexpr (AHEAD) {
+                bmc_unpack<T>::run(wv[i], w[i]);
+                wv[i] = wok[i] && k + k_step < K ? __ldg(wp[i] + (k + k_step) / 8) : make_uint4(0, 0, 0, 0);
+            } else {
+                bmc_unpack<T>::run(wok[i] ? __ldg(wp[i] + k / 8) : make_uint4(0, 0, 0, 0), w[i]);
+            }
         }
 #pragma unroll
         for (int r = 0; r < BMW; r++) {
