@@ -48,6 +48,13 @@ static int dev_summary(const char *name) {
 }
 
 /* Returns 1 (and prints why) when there is no GPU: the harness then passes vacuously. */
+/* DEV_PROFILE=1: a harness runs only its timed launches (a short program
+ * for ncu), none of its checks. */
+static bool dev_profiling(void) {
+    const char *v = getenv("DEV_PROFILE");
+    return v && v[0] == '1';
+}
+
 static int dev_no_gpu(const char *name) {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {

@@ -266,7 +266,7 @@ int main(void) {
     dev_seed();
     printf("  TMA + wgmma kernel (variant 14): %s\n",
            bmc_moe_sm90_probe() ? "runs here, checked" : "not on this device or build, skipped");
-    if (getenv("DEV_PROFILE") && getenv("DEV_PROFILE")[0] == '1') return profile_once();
+    if (dev_profiling()) return profile_once();
     const int counts1[5] = {3, 0, 70, 1, 77}; /* 151 rows: an empty expert, two of more than one tile */
     check_case(5, 151, 136, 200, counts1, 0);
     check_case(5, 151, 136, 200, counts1, 1);

@@ -750,7 +750,7 @@ static void time_forms(int B) {
 int main(void) {
     if (dev_no_gpu("dev_norm_route")) return 0;
     dev_seed();
-    if (getenv("DEV_PROFILE") && getenv("DEV_PROFILE")[0] == '1') { /* only the timed launches (for ncu) */
+    if (dev_profiling()) {
         for (int rows : {64, 256, 1024}) time_rows(rows);
         for (int rows : {64, 256}) time_forms(rows);
         return 0;

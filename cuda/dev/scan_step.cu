@@ -354,7 +354,7 @@ static void time_row_path(int nb, double copy) {
 int main(void) {
     if (dev_no_gpu("dev_scan_step")) return 0;
     dev_seed();
-    if (getenv("DEV_PROFILE") && getenv("DEV_PROFILE")[0] == '1') { /* only the timed row-path launches (for ncu) */
+    if (dev_profiling()) { /* the row path's timed launches */
         const double copy = copy_rate();
         for (int nb : {64, 256, 1024}) time_row_path(nb, copy);
         return 0;

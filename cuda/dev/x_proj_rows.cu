@@ -146,13 +146,14 @@ static void time_rows(int rows, cublasLtHandle_t lt, bmc_gemm_cache *cache, void
 int main(void) {
     if (dev_no_gpu("dev_x_proj_rows")) return 0;
     dev_seed();
-    const bool profile = getenv("DEV_PROFILE") && getenv("DEV_PROFILE")[0] == '1'; /* only the timed launches (ncu) */
-    const int widths[2][2] = {{2944, 124}, {2304, 104}};
-    const int rows[] = {1, 3, 64, 256, 1000};
-    for (int w = 0; w < 2 && !profile; w++)
-        for (int r : rows) run_case({r, widths[w][0], widths[w][1], r == 3 || r == 256 ? BMC_F16 : BMC_BF16});
-    const xp_case odd[] = {{37, 1000, 256, BMC_BF16}, {5, 64, 8, BMC_F16}, {2, 8, 1, BMC_BF16}, {300, 104, 40, BMC_BF16}};
-    for (int i = 0; i < 4 && !profile; i++) run_case(odd[i]);
+    if (!dev_profiling()) {
+        const int widths[2][2] = {{2944, 124}, {2304, 104}};
+        const int rows[] = {1, 3, 64, 256, 1000};
+        for (int w = 0; w < 2; w++)
+            for (int r : rows) run_case({r, widths[w][0], widths[w][1], r == 3 || r == 256 ? BMC_F16 : BMC_BF16});
+        const xp_case odd[] = {{37, 1000, 256, BMC_BF16}, {5, 64, 8, BMC_F16}, {2, 8, 1, BMC_BF16}, {300, 104, 40, BMC_BF16}};
+        for (const xp_case &c : odd) run_case(c);
+    }
 
     cublasLtHandle_t lt;
     if (cublasLtCreate(&lt) != CUBLAS_STATUS_SUCCESS) return 2;
