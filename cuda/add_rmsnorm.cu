@@ -52,10 +52,10 @@ __global__ void __launch_bounds__(NORM_THREADS) add_rmsnorm_kernel(bmc_norm_args
      * previous kernel drains; everything else (the live count, res, h and
      * its pieces, the routing arrays, every store) after the wait */
     bmc_grid_trigger();
-    /* The weights this thread multiplies by (the norms', and at the small
-     * bound the first NORM_EXPERT_CHUNK router rows) into registers while
-     * the previous kernel drains: after the wait only the row's own loads
-     * are on the critical path. */
+    /* At the small bound, the weights this thread multiplies by (the norms',
+     * and with ROUTE_HELD the router's rows) into registers while the
+     * previous kernel drains: after the wait only the row's own loads are
+     * on the critical path. */
     static_assert(ROUTE != ROUTE_HELD || PER <= NORM_PER_THREAD_SMALL, "held router rows: the small bound only");
     constexpr bool HELD = PER <= NORM_PER_THREAD_SMALL, ROUTER_HELD = ROUTE == ROUTE_HELD; /* at 32 columns they would spill */
     constexpr int NH = HELD ? PER : 1;

@@ -42,25 +42,19 @@ __global__ void __launch_bounds__(LN_THREADS) add_layernorm_kernel(const float *
     }
 }
 
-template <typename A, int PER>
-static cudaError_t launch(const float *res, const float *h, int r0, int rows, int d, const float *w, const float *b,
-                          float eps, void *out, cudaStream_t stream, int pdl) {
-    return bmc_launch(add_layernorm_kernel<A, PER>, dim3(rows), dim3(LN_THREADS), 0, stream, pdl, res, h, r0, d, w, b,
-                      eps, (A *)out);
-}
-
 template <typename A>
-static cudaError_t launch_type(const float *res, const float *h, int r0, int rows, int d, const float *w,
-                               const float *b, float eps, void *out, cudaStream_t stream, int pdl) {
-    return d <= LN_THREADS * LN_PER_THREAD_SMALL
-               ? launch<A, LN_PER_THREAD_SMALL>(res, h, r0, rows, d, w, b, eps, out, stream, pdl)
-               : launch<A, LN_MAX_PER_THREAD>(res, h, r0, rows, d, w, b, eps, out, stream, pdl);
+static cudaError_t launch(const float *res, const float *h, int r0, int rows, int d, const float *w, const float *b,
+                         float eps, void *out, cudaStream_t stream, int pdl) {
+    void (*kernel)(const float *, const float *, int, int, const float *, const float *, float, A *) =
+        d <= LN_THREADS * LN_PER_THREAD_SMALL ? add_layernorm_kernel<A, LN_PER_THREAD_SMALL>
+                                              : add_layernorm_kernel<A, LN_MAX_PER_THREAD>;
+    return bmc_launch(kernel, dim3(rows), dim3(LN_THREADS), 0, stream, pdl, res, h, r0, d, w, b, eps, (A *)out);
 }
 
 cudaError_t bmc_add_layernorm(const float *res, const float *h, int r0, int rows, int d, const float *w,
                               const float *b, float eps, void *out, int act_type, cudaStream_t stream, int pdl) {
     if (rows <= 0) return cudaSuccess;
     if (d > LN_THREADS * LN_MAX_PER_THREAD) return cudaErrorInvalidValue;
-    return act_type == BMC_F16 ? launch_type<__half>(res, h, r0, rows, d, w, b, eps, out, stream, pdl)
-                               : launch_type<__nv_bfloat16>(res, h, r0, rows, d, w, b, eps, out, stream, pdl);
+    return act_type == BMC_F16 ? launch<__half>(res, h, r0, rows, d, w, b, eps, out, stream, pdl)
+                               : launch<__nv_bfloat16>(res, h, r0, rows, d, w, b, eps, out, stream, pdl);
 }

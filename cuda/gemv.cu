@@ -165,14 +165,15 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const bmc_gemv_args 
         wb = reinterpret_cast<const uint4 *>(W + (size_t)row_b * K);
         load(c0);
     }
-    /* The batch-1 in_proj's conv history, for the epilogue's lane 0: only
-     * this layer's in_proj writes it, one step ago (an earlier graph
-     * launch), and the state pointers were copied in before the step's
-     * first kernel. */
+    /* The batch-1 in_proj's conv history, for the epilogue's lane 0 (the
+     * lane that finishes stream 0: this instantiation runs one stream and,
+     * by gemv_for, no slot table): only this layer's in_proj writes it,
+     * one step ago (an earlier graph launch), and the state pointers were
+     * copied in before the step's first kernel. */
     constexpr bool HIST_EARLY = EPI == BMC_EPI_CONV_SILU && MAXB == 1;
     float hist_early[HIST_EARLY ? 2 : 1][HIST_EARLY ? BMC_MAX_CONV - 1 : 1];
     if constexpr (HIST_EARLY)
-        if (!moe && kslice == 0 && lane == 0 && a.nb == 1) {
+        if (kslice == 0 && lane == 0) {
             const int rows2[2] = {row_a, row_b};
             const bool valid2[2] = {valid_a, valid_b};
             const float *sp = a.state_ptrs[0];
@@ -367,12 +368,14 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const bmc_gemv_args 
 }
 
 /* The kernel for a's prologue and epilogue: specialised for the batch-1
- * step's combinations, the generic one otherwise. */
+ * step's combinations, the generic one otherwise. The conv epilogue's
+ * specialisation reads its history before the wait for stream 0, so it
+ * takes no slot table (in_proj has none). */
 template <typename T, int MAXB, bool ROUTE> static void (*gemv_for(const bmc_gemv_args *a))(bmc_gemv_args, int, int) {
     if constexpr (MAXB == 1 && !ROUTE) {
 #define GEMV_CASE(P, E)                                                                                                \
     if (a->prologue == (P) && a->epilogue == (E)) return gemv_kernel<T, 1, false, (P), (E)>;
-        GEMV_CASE(BMC_PRO_ADD_RMSNORM, BMC_EPI_CONV_SILU)
+        if (!a->slot_expert) GEMV_CASE(BMC_PRO_ADD_RMSNORM, BMC_EPI_CONV_SILU)
         GEMV_CASE(BMC_PRO_LOAD, BMC_EPI_STORE)
         GEMV_CASE(BMC_PRO_LOAD, BMC_EPI_GATED)
         GEMV_CASE(BMC_PRO_LOAD, BMC_EPI_ACT)
