@@ -455,19 +455,52 @@ static bm_status state_copy(const bm_model *m, void *dst, const void *src) {
     return BM_OK;
 }
 
-static bm_status state_download(const bm_model *m, const void *data, float *host) {
-    BMC_TRY(cudaSetDevice(ctx_of(m)->device), "cudaSetDevice");
-    BMC_TRY(cudaDeviceSynchronize(), "waiting for the device");
-    BMC_TRY(cudaMemcpy(host, data, m->state_floats * sizeof(float), cudaMemcpyDeviceToHost), "downloading a state");
-    return BM_OK;
+/* Host states are canonical; on the device each layer's ssm state is in
+ * the scan kernels' plane layout (bmc_ssm_index), so both directions move
+ * the bytes as they are and then put each layer's ssm part in place through
+ * a buffer of one layer. */
+static bm_status ssm_scratch(const bm_model *m, float **buf) {
+    *buf = (float *)malloc((size_t)m->config.d_inner * BMC_D_STATE * sizeof(float));
+    return *buf ? BM_OK : bmi_fail(BM_ERR_OUT_OF_MEMORY, "no host memory to convert a state's layout");
 }
 
+static bm_status state_download(const bm_model *m, const void *data, float *host) {
+    const bmi_config *c = &m->config;
+    float *layer;
+    bm_status st = ssm_scratch(m, &layer);
+    if (st != BM_OK) return st;
+    cudaError_t e = cudaSetDevice(ctx_of(m)->device);
+    if (e == cudaSuccess) e = cudaDeviceSynchronize();
+    if (e == cudaSuccess) e = cudaMemcpy(host, data, m->state_floats * sizeof(float), cudaMemcpyDeviceToHost);
+    if (e == cudaSuccess)
+        for (int mi = 0; mi < m->n_mamba_layers; mi++) {
+            float *ssm = host + bmi_state_ssm_offset(c, mi);
+            memcpy(layer, ssm, (size_t)c->d_inner * BMC_D_STATE * sizeof(float));
+            bmc_ssm_layout(ssm, layer, c->d_inner, 0);
+        }
+    free(layer);
+    return e == cudaSuccess ? BM_OK : bmc_fail_cuda(e, "downloading a state");
+}
+
+/* A device error part-way leaves the state part old, part new (as a failed
+ * single copy could); it is reported. */
 static bm_status state_upload(const bm_model *m, void *data, const float *host) {
-    BMC_TRY(cudaSetDevice(ctx_of(m)->device), "cudaSetDevice");
-    BMC_TRY(cudaDeviceSynchronize(), "waiting for the device");
-    BMC_TRY(cudaMemcpy(data, host, m->state_floats * sizeof(float), cudaMemcpyHostToDevice), "uploading a state");
-    BMC_TRY(cudaDeviceSynchronize(), "uploading a state");
-    return BM_OK;
+    const bmi_config *c = &m->config;
+    float *layer;
+    bm_status st = ssm_scratch(m, &layer);
+    if (st != BM_OK) return st;
+    cudaError_t e = cudaSetDevice(ctx_of(m)->device);
+    if (e == cudaSuccess) e = cudaDeviceSynchronize();
+    if (e == cudaSuccess) e = cudaMemcpy(data, host, m->state_floats * sizeof(float), cudaMemcpyHostToDevice);
+    for (int mi = 0; e == cudaSuccess && mi < m->n_mamba_layers; mi++) {
+        const size_t at = bmi_state_ssm_offset(c, mi);
+        bmc_ssm_layout(layer, host + at, c->d_inner, 1);
+        e = cudaMemcpy((float *)data + at, layer, (size_t)c->d_inner * BMC_D_STATE * sizeof(float),
+                       cudaMemcpyHostToDevice);
+    }
+    if (e == cudaSuccess) e = cudaDeviceSynchronize();
+    free(layer);
+    return e == cudaSuccess ? BM_OK : bmc_fail_cuda(e, "uploading a state");
 }
 
 /* ---- sessions -------------------------------------------------------------- */

@@ -637,7 +637,8 @@ struct consumer {
             float *base = scan + (size_t)j * tc * FUSED_SCAN_FLOATS;
             for (int i = tid; i < n * 8; i += FUSED_CONSUMERS) {
                 const int cc = i >> 3, q = i & 7, c = c0 + cc;
-                const float *src = q < 4 ? state + L.ssm_offset + (size_t)c * N + q * 4 : L.A + (size_t)c * N + (q - 4) * 4;
+                const float *src =
+                    q < 4 ? state + L.ssm_offset + bmc_ssm_index(a.di, c, q * 4) : L.A + (size_t)c * N + (q - 4) * 4;
                 cp_async16(base + (size_t)cc * 2 * N + q * 4, src);
             }
             const int quads = n / 4;
@@ -677,7 +678,7 @@ struct consumer {
                 const float *st = base + (size_t)ccl * 2 * N;
                 float sv = st[n];
                 sv = expf(delta * st[N + n]) * sv + delta * u * dtbc[R + n];
-                if (live) state[L.ssm_offset + (size_t)(c0 + cc) * N + n] = sv;
+                if (live) state[L.ssm_offset + bmc_ssm_index(a.di, c0 + cc, n)] = sv;
                 float y = sv * dtbc[R + N + n];
 #pragma unroll
                 for (int o = 8; o > 0; o >>= 1) y += __shfl_xor_sync(0xffffffffu, y, o);

@@ -29,6 +29,26 @@
 #define BMC_D_STATE 16
 #define BMC_MAX_CONV 8
 
+/* Where entry n of channel c lies in a layer's ssm state on the device:
+ * four planes of float4, plane q holding entries 4q..4q+3 of every channel
+ * in channel order. The scan kernels give each lane a channel, so a warp's
+ * float4 of one plane is 512 contiguous bytes instead of 32 pieces 64 bytes
+ * apart (the canonical [di][16] layout), a quarter of the L1 wavefronts.
+ * Everything outside the device (the CPU backend, saved files) keeps the
+ * canonical layout: state download and upload convert (bmc_ssm_layout). */
+__host__ __device__ static inline size_t bmc_ssm_index(int di, int c, int n) {
+    return ((size_t)(n >> 2) * (size_t)di + (size_t)c) * 4 + (size_t)(n & 3);
+}
+/* One layer's ssm state [di][BMC_D_STATE] from the canonical layout into
+ * the device's (to_device) or back; dst and src do not overlap. Host code. */
+static inline void bmc_ssm_layout(float *dst, const float *src, int di, int to_device) {
+    for (int c = 0; c < di; c++)
+        for (int n = 0; n < BMC_D_STATE; n++) {
+            const size_t canonical = (size_t)c * BMC_D_STATE + n, device = bmc_ssm_index(di, c, n);
+            dst[to_device ? device : canonical] = src[to_device ? canonical : device];
+        }
+}
+
 /* ---- embedding.cu ---------------------------------------------------------- */
 /* h[r] = E[tokens[r]] (f32) for r < rows; if res_zero, res[r] = 0 (the
  * residual stream starts empty). */
@@ -233,7 +253,7 @@ typedef struct bmc_scan_args {
     int ldxz;
     const float *A, *D;     /* [di, N], [di] */
     float *conv_state;      /* [di, K-1] in/out */
-    float *ssm_state;       /* [di, N] in/out */
+    float *ssm_state;       /* [di, N] in/out, device layout (bmc_ssm_index) */
     void *y16;              /* [T, di] out: y * SiLU(z), 16-bit */
     int act_type;
     float *chunk_scratch;   /* bmc_scan_prefill_scratch_floats(T, di, N) floats */

@@ -94,14 +94,15 @@ __global__ void scan_carry_kernel(const bmc_scan_args a, int len, int chunks, fl
     if (idx >= a.di * NS) return;
     const int ch = idx / NS, n = idx % NS;
     const float A = a.A[idx];
-    float S = a.ssm_state[idx];
+    float *const state = a.ssm_state + bmc_ssm_index(a.di, ch, n);
+    float S = *state;
     for (int c = 0; c < chunks; c++) {
         const size_t at = ((size_t)c * a.di + ch) * NS + n;
         const float h = h_io[at];
         h_io[at] = S; /* now the state entering chunk c */
         S = __expf(A * dsum[(size_t)c * a.di + ch]) * S + h;
     }
-    a.ssm_state[idx] = S;
+    *state = S;
     if (n == 0 && a.K > 1) {
         /* The new conv state: the last K-1 inputs, reaching into the old
          * state when the prompt is shorter than that. Read all before writing. */

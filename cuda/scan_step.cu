@@ -35,7 +35,7 @@ __global__ void __launch_bounds__(STEP_THREADS) scan_step_kernel(const bmc_step_
      * (an earlier graph launch), and the state pointers were copied in
      * before the step's first kernel. */
     float *const sp = a.state_ptrs[b];
-    float *const state = sp ? sp + a.ssm_offset + (size_t)c * BMC_D_STATE + n : nullptr;
+    float *const state = sp ? sp + a.ssm_offset + bmc_ssm_index(a.di, c, n) : nullptr;
     float s = sp && live ? *state : 0.0f;
     bmc_grid_wait();
 
@@ -63,8 +63,9 @@ __global__ void __launch_bounds__(STEP_THREADS) scan_step_kernel(const bmc_step_
 /* The row path: one thread per (stream, channel). A block takes 32
  * channels (one per lane) of SR_STREAMS streams (SR_SPT per warp); each
  * thread holds its channel's 16 state entries of each of its streams as four
- * float4, so a warp reads and writes 32 x 64 contiguous bytes of one
- * stream's state and the C readout needs no shuffles. The block first puts
+ * float4, one from each plane of the device layout (bmc_ssm_index), so each
+ * of a warp's state loads and stores is 512 contiguous bytes and the C
+ * readout needs no shuffles. The block first puts
  * its channels' dt_proj rows in shared memory (as f32, one row per channel
  * at an odd stride, so the 32 lanes reading one column hit 32 banks): weights
  * only, so under PDL this overlaps the end of x_proj. Then the state loads
@@ -73,15 +74,15 @@ __global__ void __launch_bounds__(STEP_THREADS) scan_step_kernel(const bmc_step_
  * shared memory. Each thread then forms dt for its streams from there: one
  * weight read serves all SR_SPT streams, and a stream's values are a
  * broadcast float4. Two streams per thread also share the channel's
- * constants (A comes from L1 at its use: 16 fewer registers, 3 blocks of
- * 256 threads per SM).
+ * constants (A is read from shared memory at its use, in planes like the
+ * state: 16 fewer registers, 3 blocks of 256 threads per SM).
  *
  * Alignment of the float4 state accesses: every state is its own cudaMalloc
  * (backend.cu, state_alloc: 256-byte aligned); the layer's ssm state starts
  * bmi_state_ssm_offset = mi * di * (K - 1 + N) + di * (K - 1) floats in,
  * a multiple of 4 because di % 8 == 0 (check_supported refuses other
- * models), and bmc_scan_step checks ssm_offset % 4; the channel's entries
- * are c * 16 floats further. A (in the weight pool, 256-byte aligned
+ * models), and bmc_scan_step checks ssm_offset % 4; plane q of channel c
+ * is (q di + c) 4 floats further. A (in the weight pool, 256-byte aligned
  * placements) likewise. */
 #define SR_WARPS 8
 #define SR_THREADS (SR_WARPS * 32)
@@ -90,12 +91,15 @@ __global__ void __launch_bounds__(STEP_THREADS) scan_step_kernel(const bmc_step_
 #define SR_CHANNELS 32
 #define SR_W_VECS (SR_CHANNELS * MAX_DT_PER_LANE * BMC_D_STATE / 8 / SR_THREADS) /* 16-byte dt_proj vectors per thread */
 
-/* Shared memory: w_dt [SR_CHANNELS][Rp + 1], then rows [SR_STREAMS][Rp + 2N]
- * (dt zero-padded to Rp, B, C), both 16-byte aligned. */
+/* Shared memory: A [4][SR_CHANNELS] float4 (plane q: entries 4q..4q+3 of
+ * each channel, the state's plane layout, so a warp's read of one plane is
+ * contiguous), w_dt [SR_CHANNELS][Rp + 1], then rows [SR_STREAMS][Rp + 2N]
+ * (dt zero-padded to Rp, B, C), all 16-byte aligned. */
+#define SR_A_FLOATS (SR_CHANNELS * BMC_D_STATE)
 __host__ __device__ static inline int sr_r_padded(int R) { return (R + 3) & ~3; }
 __host__ __device__ static inline int sr_w_floats(int R) { return (SR_CHANNELS * (sr_r_padded(R) + 1) + 3) & ~3; }
 static size_t sr_smem_bytes(int R) {
-    return (size_t)(sr_w_floats(R) + SR_STREAMS * (sr_r_padded(R) + 2 * BMC_D_STATE)) * sizeof(float);
+    return (size_t)(SR_A_FLOATS + sr_w_floats(R) + SR_STREAMS * (sr_r_padded(R) + 2 * BMC_D_STATE)) * sizeof(float);
 }
 
 template <typename T>
@@ -103,14 +107,14 @@ __global__ void __launch_bounds__(SR_THREADS, 3) scan_rows_kernel(const bmc_step
     bmc_grid_trigger();
     extern __shared__ float4 sr_smem[];
     const int R = a.R, Rp = sr_r_padded(R), ldw = Rp + 1, ldx = Rp + 2 * BMC_D_STATE;
-    float *const w_dt = reinterpret_cast<float *>(sr_smem);
+    float4 *const A_planes = sr_smem;
+    float *const w_dt = reinterpret_cast<float *>(sr_smem) + SR_A_FLOATS;
     float *const rows_x = w_dt + sr_w_floats(R);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int c0 = blockIdx.x * SR_CHANNELS, c = c0 + lane, b_first = blockIdx.y * SR_STREAMS + warp * SR_SPT;
     const bool live = c < a.di;
     const int cr = live ? c : c0; /* a channel whose constants exist */
 
-    const float4 *A = reinterpret_cast<const float4 *>(a.A + (size_t)cr * BMC_D_STATE); /* read at use: L1 */
     const float Dc = a.D[cr], bias = a.dt_bias[cr];
 
     /* The block's dt_proj rows into shared memory, in one round trip to L2:
@@ -118,6 +122,12 @@ __global__ void __launch_bounds__(SR_THREADS, 3) scan_rows_kernel(const bmc_step
      * as 16-byte vectors, all loaded before any is converted and stored.
      * Weights only, so under PDL this runs while x_proj drains. */
     const int n_ch = min(SR_CHANNELS, a.di - c0), n_vec = n_ch * R / 8;
+    if (threadIdx.x < SR_CHANNELS * 4) { /* A in planes: read from L1 at use, its 64-byte rows cost 4x the wavefronts */
+        const int ch = threadIdx.x >> 2, q = threadIdx.x & 3;
+        A_planes[q * SR_CHANNELS + ch] =
+            ch < n_ch ? __ldg(reinterpret_cast<const float4 *>(a.A + (size_t)(c0 + ch) * BMC_D_STATE) + q)
+                      : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
     const uint4 *wv = reinterpret_cast<const uint4 *>(reinterpret_cast<const T *>(a.dt_proj) + (size_t)c0 * R);
     uint4 raw[SR_W_VECS];
 #pragma unroll
@@ -160,9 +170,9 @@ __global__ void __launch_bounds__(SR_THREADS, 3) scan_rows_kernel(const bmc_step
         for (int q = 0; q < 4; q++) s[j][q] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         if (sp[j] && live) {
             /* streamed: the next read of this state is a step away, after every other layer's traffic */
-            const float4 *st = reinterpret_cast<const float4 *>(sp[j] + a.ssm_offset + (size_t)c * BMC_D_STATE);
+            const float4 *st = reinterpret_cast<const float4 *>(sp[j] + a.ssm_offset + bmc_ssm_index(a.di, c, 0));
 #pragma unroll
-            for (int q = 0; q < 4; q++) s[j][q] = __ldcs(st + q);
+            for (int q = 0; q < 4; q++) s[j][q] = __ldcs(st + (size_t)q * a.di);
         }
     }
     bmc_grid_wait(); /* xz and xdbl come from earlier kernels */
@@ -220,7 +230,7 @@ __global__ void __launch_bounds__(SR_THREADS, 3) scan_rows_kernel(const bmc_step
             float y = 0.0f;
 #pragma unroll
             for (int q = 0; q < 4; q++) {
-                const float4 Bv = Bq[q], Cv = Cq[q], Av = __ldg(A + q);
+                const float4 Bv = Bq[q], Cv = Cq[q], Av = A_planes[q * SR_CHANNELS + lane];
                 float4 &e = s[j][q];
                 e.x = expf(delta * Av.x) * e.x + du * Bv.x;
                 e.y = expf(delta * Av.y) * e.y + du * Bv.y;
@@ -231,9 +241,9 @@ __global__ void __launch_bounds__(SR_THREADS, 3) scan_rows_kernel(const bmc_step
                 y = fmaf(e.z, Cv.z, y);
                 y = fmaf(e.w, Cv.w, y);
             }
-            float4 *st = reinterpret_cast<float4 *>(sp[j] + a.ssm_offset + (size_t)c * BMC_D_STATE);
+            float4 *st = reinterpret_cast<float4 *>(sp[j] + a.ssm_offset + bmc_ssm_index(a.di, c, 0));
 #pragma unroll
-            for (int q = 0; q < 4; q++) __stcs(st + q, s[j][q]);
+            for (int q = 0; q < 4; q++) __stcs(st + (size_t)q * a.di, s[j][q]);
             out = (y + Dc * u[j]) * bmc_silu(z[j]);
         }
         const T hi = bmc_from_float<T>(out);

@@ -49,7 +49,9 @@ static void run_case(int T, int di, int R, int K, int timing) {
     float *d_delta = dev_upload(delta, n_td), *d_u = dev_upload(u, n_td), *d_xz = dev_upload(xz, n_td * 2);
     float *d_xdbl = dev_upload(xdbl, (size_t)T * xd), *d_A = dev_upload(A, (size_t)di * NS);
     float *d_D = dev_upload(D, di), *d_bias = dev_upload(bias, di);
-    float *d_conv = dev_upload(conv, (size_t)di * (K - 1)), *d_ssm = dev_upload(ssm, (size_t)di * NS);
+    float *ssm_dev = (float *)malloc((size_t)di * NS * 4); /* the device's plane layout */
+    bmc_ssm_layout(ssm_dev, ssm, di, 1);
+    float *d_conv = dev_upload(conv, (size_t)di * (K - 1)), *d_ssm = dev_upload(ssm_dev, (size_t)di * NS);
     __nv_bfloat16 *d_y = dev_alloc_poisoned<__nv_bfloat16>(n_td);
     float *d_scratch = dev_alloc_poisoned<float>(bmc_scan_prefill_scratch_floats(T, di, NS));
     bmc_scan_args a;
@@ -80,7 +82,8 @@ static void run_case(int T, int di, int R, int K, int timing) {
     float *cf = (float *)malloc((size_t)di * (K - 1) * 4 + 4);
     dev_download(yh, (const uint16_t *)d_y, n_td);
     for (size_t i = 0; i < n_td; i++) yf[i] = dev_from_bf16(yh[i]);
-    dev_download(sf, d_ssm, (size_t)di * NS);
+    dev_download(ssm_dev, d_ssm, (size_t)di * NS);
+    bmc_ssm_layout(sf, ssm_dev, di, 0);
     dev_download(cf, d_conv, (size_t)di * (K - 1));
     double ey = dev_rel_error(yf, y_ref, n_td), es = dev_rel_error(sf, s_ref, (size_t)di * NS);
     double ec = dev_rel_error(cf, conv_ref, (size_t)di * (K - 1));
@@ -95,7 +98,7 @@ static void run_case(int T, int di, int R, int K, int timing) {
     }
     cudaFree(d_delta); cudaFree(d_u); cudaFree(d_xz); cudaFree(d_xdbl); cudaFree(d_A); cudaFree(d_D);
     cudaFree(d_bias); cudaFree(d_conv); cudaFree(d_ssm); cudaFree(d_y); cudaFree(d_scratch);
-    free(delta); free(u); free(xz); free(xdbl); free(A); free(D); free(bias); free(conv); free(ssm);
+    free(delta); free(u); free(xz); free(xdbl); free(A); free(D); free(bias); free(conv); free(ssm); free(ssm_dev);
     free(y_ref); free(s_ref); free(conv_ref); free(yh); free(yf); free(sf); free(cf);
 }
 

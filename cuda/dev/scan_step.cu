@@ -166,7 +166,7 @@ static void free_device(scan_device *dv) {
  * it (both must come back untouched), the reference, the arguments. */
 struct scan_check {
     scan_inputs in;
-    float *st; /* the states as uploaded */
+    float *st; /* the states, canonical layout (the reference's input) */
     size_t state_floats;
     long long ssm_off;
     scan_states states;
@@ -181,7 +181,12 @@ static void setup_check(scan_check *c, int nb, int di, int R, int act, int paddi
     c->state_floats = (size_t)c->ssm_off + (size_t)di * NS + 64;
     c->st = (float *)malloc(c->state_floats * 4 * nb);
     dev_fill(c->st, c->state_floats * nb, 1.0, 0.0);
-    upload_states(&c->states, c->st, c->state_floats, c->state_floats, nb, padding);
+    float *as_device = (float *)malloc(c->state_floats * 4 * nb); /* the ssm parts in the device's plane layout */
+    memcpy(as_device, c->st, c->state_floats * 4 * nb);
+    for (int b = 0; b < nb; b++)
+        bmc_ssm_layout(as_device + c->state_floats * b + c->ssm_off, c->st + c->state_floats * b + c->ssm_off, di, 1);
+    upload_states(&c->states, as_device, c->state_floats, c->state_floats, nb, padding);
+    free(as_device);
     c->y_ref = (double *)malloc((size_t)nb * di * 8);
     c->s_ref = (double *)malloc((size_t)nb * di * NS * 8);
     cpu_scan(c->in, c->st, c->state_floats, c->ssm_off, c->states, c->y_ref, c->s_ref);
@@ -205,7 +210,7 @@ static int download_states(const scan_check *c, float *s) {
             if (i >= (size_t)c->ssm_off && i < (size_t)c->ssm_off + ssm_floats) continue;
             around += whole[i] != c->st[c->state_floats * b + i];
         }
-        memcpy(sb, whole + c->ssm_off, ssm_floats * 4);
+        bmc_ssm_layout(sb, whole + c->ssm_off, c->in.di, 0);
     }
     free(whole);
     return around;
