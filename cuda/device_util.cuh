@@ -31,21 +31,39 @@ __device__ __forceinline__ void bmc_grid_trigger() {
 }
 
 /* kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream
- * serialization when pdl is set (the kernel then keeps the rules above). */
+ * serialization when pdl is set (the kernel then keeps the rules above) and,
+ * when cluster > 1, in clusters of that many blocks along x (sm_90; gridDim.x
+ * a multiple of it; above 8 the kernel needs
+ * cudaFuncAttributeNonPortableClusterSizeAllowed). Both attributes go in one
+ * cudaLaunchKernelEx, so they combine, and stream capture records them. */
 template <typename... Params, typename... Args>
-static inline cudaError_t bmc_launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
-                                     cudaStream_t stream, int pdl, Args &&...args) {
-    cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr.val.programmaticStreamSerializationAllowed = 1;
+static inline cudaError_t bmc_launch_cluster(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                                             cudaStream_t stream, int pdl, unsigned cluster, Args &&...args) {
+    cudaLaunchAttribute attr[2];
+    unsigned n = 0;
+    if (pdl) {
+        attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[n++].val.programmaticStreamSerializationAllowed = 1;
+    }
+    if (cluster > 1) {
+        attr[n].id = cudaLaunchAttributeClusterDimension;
+        attr[n].val.clusterDim.x = cluster;
+        attr[n].val.clusterDim.y = 1;
+        attr[n++].val.clusterDim.z = 1;
+    }
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
     cfg.dynamicSmemBytes = smem;
     cfg.stream = stream;
-    cfg.attrs = pdl ? &attr : nullptr;
-    cfg.numAttrs = pdl ? 1 : 0;
+    cfg.attrs = n ? attr : nullptr;
+    cfg.numAttrs = n;
     return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+}
+template <typename... Params, typename... Args>
+static inline cudaError_t bmc_launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                                     cudaStream_t stream, int pdl, Args &&...args) {
+    return bmc_launch_cluster(kernel, grid, block, smem, stream, pdl, 1u, std::forward<Args>(args)...);
 }
 
 /* Ask L2 to fetch `bytes` of immutable data (weights a later kernel reads)

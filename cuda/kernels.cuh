@@ -301,15 +301,23 @@ cudaError_t bmc_scan_step(const bmc_step_scan_args *a, int wtype, cudaStream_t s
 /* ---- x_proj_rows.cu -------------------------------------------------------- */
 /* Row path: y[b, j] = sum_k W[j, k] u[b, k] for b < rows, j < n_out, k < K:
  * f32 u (row stride ldu, 16-byte aligned rows: ldu % 4 == 0) times the
- * 16-bit W [n_out, K] (wtype; 16-byte aligned, K % 8 == 0), f32 products and
- * sums on the CUDA cores, in a fixed order (the same bits every run), f32 y
- * (row stride ldy). One launch, no scratch: each block sums its tile of
- * outputs over all of K. variant 0 lets the kernel choose its tile shape
- * from the rows (a table measured on the H100), 1 .. BMC_X_PROJ_VARIANTS
- * force one (harness). */
-#define BMC_X_PROJ_VARIANTS 7
+ * 16-bit W [n_out, K] (wtype; 16-byte aligned, K % 8 == 0), f32 y (row
+ * stride ldy), in a fixed order (the same bits every run), one launch, no
+ * scratch. Variants 1 .. 7: CUDA-core tiles, f32 products and sums, each
+ * block over all of K. Variants 8 .. BMC_X_PROJ_VARIANTS: tensor cores
+ * (bf16 W, sm_90 only; cudaErrorNotSupported otherwise), u as two bf16
+ * halves (hi, lo: |u - hi - lo| <= 2^-16 |u|) with f32 accumulation, K split
+ * over a cluster whose blocks sum their partial tiles in distributed shared
+ * memory; (BM rows a tile, CS blocks a cluster) = 8: (32, 8), 9: (32, 16),
+ * 10: (64, 8), 11: (64, 16), 12: (64, 4). variant 0 lets the function
+ * choose from the rows, the weight type and the device (x_proj_rows.cu). */
+#define BMC_X_PROJ_VARIANTS 12
 cudaError_t bmc_x_proj_rows(const float *u, int ldu, int rows, int K, const void *W, int wtype, int n_out, float *y,
                             int ldy, int variant, cudaStream_t stream, int pdl);
+/* The variant bmc_x_proj_rows runs for `variant` (0: its choice for these
+ * rows and wtype on the current device); *bm, *cs: a tensor-core variant's
+ * BM and CS, 0 for a CUDA-core one (harness). */
+int bmc_x_proj_rows_variant(int variant, int rows, int wtype, int *bm, int *cs);
 
 /* ---- conv_step.cu ---------------------------------------------------------- */
 /* Row path: the causal conv of one token per stream. For row b < nb and
