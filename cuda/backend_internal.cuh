@@ -143,6 +143,7 @@ typedef struct rows_scratch {
     void *normed16, *moe16, *y16, *sorted16, *m16, *final16; /* sorted16: moe16 gathered in expert order (fc1's input) */
     int *expert_of, *order, *pos_of;  /* pos_of: order's inverse, where the next norm finds a row's fc2 slices */
     int *expert_start;                /* [n_layers][max_experts + 1]: each MoE layer keeps its own */
+    int *moe_done;                    /* [max_experts]: fc1 -> fc2 counters of a chained launch (bmc_moe_mlp) */
     /* pinned host staging, BMC_MAX_ROWS rows */
     char *pinned;
     int32_t *h_tokens, *h_sampled;

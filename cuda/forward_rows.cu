@@ -129,7 +129,8 @@ static bm_status reserve_rows(cuda_session *cs, const bm_model *m, int rows) {
         2 * B * 2 * di * 4, B * xd * 4, B * 4, part_rows * d * 4, B * V * 4, /* xz, xdbl, gate, eout, logits */
         2 * B * d * 2, 2 * B * d * 2, 2 * B * di * 2,           /* normed16, moe16, y16 */
         2 * B * d * 2, 2 * B * F * 2, B * d * 2,                /* sorted16, m16, final16 */
-        B * 4, B * 4, B * 4, starts * 4                         /* expert_of, order, pos_of, expert_start */
+        B * 4, B * 4, B * 4, starts * 4,                        /* expert_of, order, pos_of, expert_start */
+        (size_t)cm->max_experts * 4                             /* moe_done */
     };
     const int n = (int)(sizeof sizes / sizeof sizes[0]);
     size_t total = 0;
@@ -177,6 +178,7 @@ static bm_status reserve_rows(cuda_session *cs, const bm_model *m, int rows) {
     rs->order = (int *)ptr[i++];
     rs->pos_of = (int *)ptr[i++];
     rs->expert_start = (int *)ptr[i++];
+    rs->moe_done = (int *)ptr[i++];
     rs->mem = mem;
     rs->cap = rows;
     return BM_OK;
@@ -349,6 +351,8 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
                 ga.planes = 2;
                 ga.plane_rows = B;
                 ga.dst = rs->sorted16;
+                ga.zero = rs->moe_done; /* for a chained fc1 -> fc2 launch (bmc_moe_mlp) */
+                ga.n_zero = E;
                 if (!(skip & BMC_SKIP_ROUTER)) RTRY(bmc_group_rows(&ga, st, pdl), "grouping the rows by expert");
             }
             MARK(8); /* "route": the grouping and gather (the routing itself ran in the norm) */
@@ -372,34 +376,41 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
             ma.y = rs->m16;
             ma.ldy = F;
             ma.pdl = pdl;
-            if (!(skip & BMC_SKIP_FC1)) RTRY(bmc_moe_gemm(&ma, wt, st), "expert fc1");
-            MARK(9);
-            memset(&ma, 0, sizeof ma);
+            bmc_moe_gemm_args ma2;
+            memset(&ma2, 0, sizeof ma2);
             /* fc2 has few output features and long rows: an MoE layer splits K
              * (more blocks streaming the experts) into partial sums that the
              * scatter adds in order; a dense MLP scatters directly */
             const int split = E >= 2 ? bmc_moe_fc2_split(B) : 1;
-            ma.mode = split > 1 ? BMC_MOE_PARTIAL : BMC_MOE_SCATTER;
-            ma.k_split = split;
-            ma.N = d;
-            ma.K = F;
-            ma.E = E;
-            ma.max_rows = B;
-            ma.X = rs->m16;
-            ma.ldx = F;
-            ma.x_lo_rows = B;
-            ma.W = L->fc2;
-            ma.expert_stride = (long long)d * F;
-            ma.expert_start = starts;
-            ma.bias = L->fc2_bias;
-            ma.bias_stride = d;
-            ma.y = split > 1 ? rs->eout : rs->h;
-            ma.ldy = d;
-            ma.y_rows = E >= 2 ? rs->order : NULL;
-            ma.gates = E >= 2 ? rs->gate : NULL;
-            ma.add = parallel;
-            ma.pdl = pdl;
-            if (!(skip & BMC_SKIP_FC2)) RTRY(bmc_moe_gemm(&ma, wt, st), "expert fc2");
+            ma2.mode = split > 1 ? BMC_MOE_PARTIAL : BMC_MOE_SCATTER;
+            ma2.k_split = split;
+            ma2.N = d;
+            ma2.K = F;
+            ma2.E = E;
+            ma2.max_rows = B;
+            ma2.X = rs->m16;
+            ma2.ldx = F;
+            ma2.x_lo_rows = B;
+            ma2.W = L->fc2;
+            ma2.expert_stride = (long long)d * F;
+            ma2.expert_start = starts;
+            ma2.bias = L->fc2_bias;
+            ma2.bias_stride = d;
+            ma2.y = split > 1 ? rs->eout : rs->h;
+            ma2.ldy = d;
+            ma2.y_rows = E >= 2 ? rs->order : NULL;
+            ma2.gates = E >= 2 ? rs->gate : NULL;
+            ma2.add = parallel;
+            ma2.pdl = pdl;
+            /* one launch where it can (the blocks that finish fc1 early start
+             * fc2), except while profiling: each keeps its own time there */
+            if (!(skip & (BMC_SKIP_FC1 | BMC_SKIP_FC2)) && !rs->profile && E >= 2) {
+                RTRY(bmc_moe_mlp(&ma, &ma2, rs->moe_done, wt, st), "experts");
+            } else {
+                if (!(skip & BMC_SKIP_FC1)) RTRY(bmc_moe_gemm(&ma, wt, st), "expert fc1");
+                MARK(9);
+                if (!(skip & BMC_SKIP_FC2)) RTRY(bmc_moe_gemm(&ma2, wt, st), "expert fc2");
+            }
             h_form = split > 1 && norm_follows ? BMC_H_PARTS : BMC_H_ROWS;
             h_parts = split;
             h_parts_bias = L->fc2_bias;

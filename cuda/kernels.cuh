@@ -396,6 +396,20 @@ cudaError_t bmc_moe_gemm(const bmc_moe_gemm_args *a, int wtype, cudaStream_t str
  * shapes TMA cannot address (K or the features not a multiple of 8,
  * misaligned pointers). */
 cudaError_t bmc_moe_gemm_sm90(const bmc_moe_gemm_args *a, int wtype, cudaStream_t stream);
+/* fc1 then fc2 of the same routing (fc2's input: fc1's output, the same
+ * expert_start, E >= 2) in one launch of the same kernel: one list of units,
+ * fc1's first, dealt round robin, so the blocks that run out of fc1 units
+ * go on to fc2's instead of idling at the end of an fc1 launch. A producer
+ * starts an fc2 unit of expert e once done[e] counts every consumer warp of
+ * every fc1 unit of e (each counts itself after its outputs, with release
+ * semantics; the producer reads with acquire). done: E ints, zero at the
+ * launch (the decode row path's grouping zeroes them), left nonzero.
+ * The same bits as the two launches. cudaErrorNotSupported where either
+ * launch would not run on this path, their ring stages differ or the
+ * arguments do not chain; the caller then launches them one after the
+ * other. Uses fc1->pdl. */
+cudaError_t bmc_moe_chain_sm90(const bmc_moe_gemm_args *fc1, const bmc_moe_gemm_args *fc2, int *done, int wtype,
+                               cudaStream_t stream);
 /* Whether the wgmma kernel runs on the current device: runs a one-thread
  * kernel the first time for each device (synchronising with it: not during
  * stream capture), cached after. 1 yes, 0 no. */
@@ -403,6 +417,11 @@ int bmc_moe_sm90_probe(void);
 /* The cached answer of bmc_moe_sm90_probe for the current device (0 before
  * the probe ran); never launches anything. */
 int bmc_moe_sm90_ready(void);
+/* fc1 then fc2 (bmc_moe_gemm each, variant 0): chained in one launch
+ * (bmc_moe_chain_sm90, done: its counters, zero) where both take the wgmma
+ * path and chain, unless BM_CUDA_MOE_CHAIN=0; else two launches. */
+cudaError_t bmc_moe_mlp(const bmc_moe_gemm_args *fc1, const bmc_moe_gemm_args *fc2, int *done, int wtype,
+                        cudaStream_t stream);
 /* The K slices (PARTIAL) in which the decode row path runs fc2 for `rows`
  * rows: enough units of work for every SM; never more than 8. */
 int bmc_moe_fc2_split(int rows);
@@ -468,6 +487,7 @@ typedef struct bmc_group_args {
     const void *src;                    /* 16-bit rows of d; planes blocks of plane_rows (>= rows) rows */
     int d, planes, plane_rows;
     void *dst;                          /* NULL: no gather */
+    int *zero, n_zero;                  /* zero[0 .. n_zero) set to 0 (bmc_moe_chain_sm90's counters); NULL: none */
 } bmc_group_args;
 cudaError_t bmc_group_rows(const bmc_group_args *a, cudaStream_t stream, int pdl);
 /* dst[i] = src[order[i]] for i < rows (16-bit rows of d). */

@@ -701,6 +701,21 @@ cudaError_t bmc_moe_gemm(const bmc_moe_gemm_args *a, int wtype, cudaStream_t str
     return wtype == BMC_F16 ? mg_dispatch<__half>(a, stream) : mg_dispatch<__nv_bfloat16>(a, stream);
 }
 
+cudaError_t bmc_moe_mlp(const bmc_moe_gemm_args *fc1, const bmc_moe_gemm_args *fc2, int *done, int wtype,
+                        cudaStream_t stream) {
+    static const int chain = [] {
+        const char *v = getenv("BM_CUDA_MOE_CHAIN");
+        return v && *v ? atoi(v) : 1;
+    }();
+    if (chain && done && fc1->variant == 0 && fc2->variant == 0 && sm90_wanted(fc1) && sm90_wanted(fc2)) {
+        const cudaError_t e = bmc_moe_chain_sm90(fc1, fc2, done, wtype, stream);
+        if (e != cudaErrorNotSupported) return e;
+        cudaGetLastError(); /* these two do not chain: one launch each */
+    }
+    const cudaError_t e = bmc_moe_gemm(fc1, wtype, stream);
+    return e != cudaSuccess ? e : bmc_moe_gemm(fc2, wtype, stream);
+}
+
 int bmc_moe_fc2_split(int rows) {
     /* few rows (the streaming kernel): its units, 16 output rows x a K slice,
      * must outnumber the SMs' warps several times over for the work to even out */

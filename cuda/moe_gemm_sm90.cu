@@ -163,6 +163,13 @@ struct mw_plan {
 struct mw_unit {
     int e, mt, slice, r0, rows, kb0, kb1;
 };
+/* One GEMM of a launch. A launch runs one, or two chained (fc1, then fc2
+ * of the same routing: bmc_moe_chain_sm90), whose units follow each other
+ * in one list. */
+struct mw_gemm {
+    bmc_moe_gemm_args a;
+    mw_plan p;
+};
 
 #ifdef MW_DEVICE
 /* Unit u of the launch: s_unit0[e] is expert e's first unit. */
@@ -184,18 +191,41 @@ __device__ __forceinline__ mw_unit mw_unit_of(const bmc_moe_gemm_args &a, const 
     return w;
 }
 
+/* A chained launch's count of finished fc1 work, read with acquire
+ * semantics (the outputs it counts are visible after it). */
+__device__ __forceinline__ int mw_load_acquire(const int *p) {
+    int v;
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
 /* The producer warp: for every stage (64 k) of every unit of this block, the
- * unit's A tile and its batch rows' hi and lo tiles, by TMA (one lane). */
-__device__ void mw_produce(const bmc_moe_gemm_args &a, const CUtensorMap *wmap, const CUtensorMap *xmap,
-                           const mw_plan &p, const int *s_unit0, int total, unsigned char *smem, uint64_t *full,
-                           uint64_t *empty, int stages) {
+ * unit's A tile and its batch rows' hi and lo tiles, by TMA (one lane). In
+ * a chained launch, before an fc2 unit of expert e: the wait until every
+ * consumer warp of every fc1 unit of e has counted itself in done[e] (fc2's
+ * batch rows are those units' outputs). */
+__device__ void mw_produce(const mw_gemm &g0, const CUtensorMap *wmap0, const CUtensorMap *xmap0, const mw_gemm &g1,
+                           const CUtensorMap *wmap1, const CUtensorMap *xmap1, const int *done,
+                           const int (*s_unit0)[65], unsigned char *smem, uint64_t *full, uint64_t *empty,
+                           int stages) {
     if ((threadIdx.x & 31) != 0) return;
-    const bool gated = a.mode == BMC_MOE_GATED, split = a.x_lo_rows > 0;
-    const int box = mw_box_bytes(p.np, split);
-    const uint64_t policy = mw_policy(!(p.debug & 4));
+    const int total0 = s_unit0[0][g0.p.E], total = total0 + (g1.p.E ? s_unit0[1][g1.p.E] : 0);
+    const int box = mw_box_bytes(g0.p.np, g0.a.x_lo_rows > 0); /* the same for both (host) */
+    const uint64_t policy = mw_policy(!(g0.p.debug & 4));
     int it = 0;
-    for (int u = blockIdx.x; u < total; u += gridDim.x) {
-        const mw_unit w = mw_unit_of(a, p, s_unit0, u);
+    for (int v = blockIdx.x; v < total; v += gridDim.x) {
+        const int j = v >= total0, u = j ? v - total0 : v;
+        const mw_gemm &g = j ? g1 : g0;
+        const bmc_moe_gemm_args &a = g.a;
+        const mw_plan &p = g.p;
+        const CUtensorMap *wmap = j ? wmap1 : wmap0, *xmap = j ? xmap1 : xmap0;
+        const bool gated = a.mode == BMC_MOE_GATED, split = a.x_lo_rows > 0;
+        const mw_unit w = mw_unit_of(a, p, s_unit0[j], u);
+        if (j && done) {
+            const int want = (MW_THREADS - 32) / 32 * (s_unit0[0][w.e + 1] - s_unit0[0][w.e]);
+            while (mw_load_acquire(done + w.e) < want) __nanosleep(64);
+            asm volatile("fence.proxy.async.global;" ::: "memory"); /* TMA (async proxy) reads after the acquire */
+        }
         /* the pass's rows in boxes of box_rows: little more than the unit uses crosses from L2 */
         const int groups = (p.debug & 2) ? 0 : (w.rows + p.box_rows - 1) / p.box_rows;
         const unsigned bytes = MW_A_BYTES + (split ? 2 : 1) * groups * p.box_rows * 128;
@@ -208,8 +238,8 @@ __device__ void mw_produce(const bmc_moe_gemm_args &a, const CUtensorMap *wmap, 
             if (p.debug & 8) mw_tma2_hint(st, wmap, 0, ((w.e * p.mtiles + w.mt) * p.nkb + kb) * MW_BM, &full[s], policy);
             else if (gated) mw_tma5(st, wmap, k, 0, 0, w.mt * (MW_BM / 16), w.e, &full[s], policy);
             else mw_tma3(st, wmap, k, w.mt * MW_BM, w.e, &full[s], policy);
-            for (int g = 0; g < groups; g++) {
-                const int r = g * p.box_rows;
+            for (int q = 0; q < groups; q++) {
+                const int r = q * p.box_rows;
                 mw_tma2(st + MW_A_BYTES + r * 128, xmap, k, w.r0 + r, &full[s]);
                 if (split) mw_tma2(st + MW_A_BYTES + (p.np + r) * 128, xmap, k, w.r0 + a.x_lo_rows + r, &full[s]);
             }
@@ -276,15 +306,19 @@ __device__ __forceinline__ void mw_consume(const bmc_moe_gemm_args &a, const mw_
 }
 #endif
 
+/* g1.p.E 0: g0 alone. Otherwise g0 is fc1 and g1 fc2 of the same routing,
+ * done[E] zero at the start (bmc_moe_chain_sm90). */
 template <typename T>
 __global__ void __launch_bounds__(MW_THREADS, 1)
-    moe_wgmma_kernel(const bmc_moe_gemm_args a, const __grid_constant__ CUtensorMap wmap,
-                     const __grid_constant__ CUtensorMap xmap, const mw_plan p, int stages) {
+    moe_wgmma_kernel(const __grid_constant__ mw_gemm g0, const __grid_constant__ CUtensorMap wmap0,
+                     const __grid_constant__ CUtensorMap xmap0, const __grid_constant__ mw_gemm g1,
+                     const __grid_constant__ CUtensorMap wmap1, const __grid_constant__ CUtensorMap xmap1, int *done,
+                     int stages) {
 #ifdef MW_DEVICE
     extern __shared__ unsigned char mw_smem_raw[];
     unsigned char *smem = reinterpret_cast<unsigned char *>(((uintptr_t)mw_smem_raw + 1023) & ~(uintptr_t)1023);
     __shared__ uint64_t full[MW_MAX_STAGES], empty[MW_MAX_STAGES];
-    __shared__ int s_unit0[65]; /* first unit of each expert; s_unit0[E]: all units */
+    __shared__ int s_unit0[2][65]; /* per GEMM: first unit of each expert; [E]: all its units */
     /* PDL: the barriers and the tensor maps (kernel parameters) are set up
      * while the previous kernel drains; the routing, the batch rows (the
      * gather's output, read by TMA) and every store come after the wait */
@@ -296,32 +330,47 @@ __global__ void __launch_bounds__(MW_THREADS, 1)
         }
         mbar_init_fence();
     } else if (threadIdx.x == 256) {
-        asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&wmap)) : "memory");
-        asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&xmap)) : "memory");
+        asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&wmap0)) : "memory");
+        asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&xmap0)) : "memory");
+        if (g1.p.E) {
+            asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&wmap1)) : "memory");
+            asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&xmap1)) : "memory");
+        }
     }
     bmc_grid_wait();
-    if (threadIdx.x == 0) {
+    if (threadIdx.x < 2) {
+        const mw_gemm &g = threadIdx.x ? g1 : g0;
         int run = 0;
-        for (int e = 0; e < p.E; e++) {
-            s_unit0[e] = run;
-            const int rows = a.expert_start ? a.expert_start[e + 1] - a.expert_start[e] : a.max_rows;
-            run += (rows + p.np - 1) / p.np * p.slices * p.mtiles;
+        for (int e = 0; e < g.p.E; e++) {
+            s_unit0[threadIdx.x][e] = run;
+            const int rows = g.a.expert_start ? g.a.expert_start[e + 1] - g.a.expert_start[e] : g.a.max_rows;
+            run += (rows + g.p.np - 1) / g.p.np * g.p.slices * g.p.mtiles;
         }
-        s_unit0[p.E] = run;
+        s_unit0[threadIdx.x][g.p.E] = run;
     }
     __syncthreads();
-    const int total = s_unit0[p.E];
     if (threadIdx.x >= 256) {
-        mw_produce(a, &wmap, &xmap, p, s_unit0, total, smem, full, empty, stages);
+        mw_produce(g0, &wmap0, &xmap0, g1, &wmap1, &xmap1, done, s_unit0, smem, full, empty, stages);
         return;
     }
+    const int total0 = s_unit0[0][g0.p.E], total = total0 + (g1.p.E ? s_unit0[1][g1.p.E] : 0);
     int it = 0;
-    for (int u = blockIdx.x; u < total; u += gridDim.x) {
-        const mw_unit w = mw_unit_of(a, p, s_unit0, u);
-        if (w.rows <= 16) mw_consume<T, 16>(a, p, w, smem, full, empty, stages, it);
-        else if (w.rows <= 32) mw_consume<T, 32>(a, p, w, smem, full, empty, stages, it);
-        else if (w.rows <= 64) mw_consume<T, 64>(a, p, w, smem, full, empty, stages, it);
-        else mw_consume<T, 128>(a, p, w, smem, full, empty, stages, it);
+    for (int v = blockIdx.x; v < total; v += gridDim.x) {
+        const int j = v >= total0;
+        const mw_gemm &g = j ? g1 : g0;
+        const mw_unit w = mw_unit_of(g.a, g.p, s_unit0[j], j ? v - total0 : v);
+        if (w.rows <= 16) mw_consume<T, 16>(g.a, g.p, w, smem, full, empty, stages, it);
+        else if (w.rows <= 32) mw_consume<T, 32>(g.a, g.p, w, smem, full, empty, stages, it);
+        else if (w.rows <= 64) mw_consume<T, 64>(g.a, g.p, w, smem, full, empty, stages, it);
+        else mw_consume<T, 128>(g.a, g.p, w, smem, full, empty, stages, it);
+        if (!j && g1.p.E && done) { /* the warp's outputs of this fc1 unit, counted for fc2's producer */
+            asm volatile("fence.proxy.async.global;" ::: "memory"); /* they will be read by TMA */
+            __syncwarp();
+            if ((threadIdx.x & 31) == 0) {
+                __threadfence();
+                atomicAdd(done + w.e, 1);
+            }
+        }
     }
 #endif
 }
@@ -409,29 +458,37 @@ static CUresult mw_encode(CUtensorMap *map, CUtensorMapDataType dt, int rank, co
                         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
 }
 
+/* One launch of g0 (and with g1.p.E set, g1 chained after it): the ring's
+ * stages as many as fit, one block per SM. */
 template <typename T>
-static cudaError_t mw_start(const bmc_moe_gemm_args *a, const CUtensorMap &wmap, const CUtensorMap &xmap, mw_plan p,
-                            cudaStream_t stream) {
-    const bool split = a->x_lo_rows > 0;
-    p.nkb = (a->K + MW_BK - 1) / MW_BK;
-    p.per_slice = (p.nkb + p.slices - 1) / p.slices;
+static cudaError_t mw_start(mw_gemm g0, const CUtensorMap &wmap0, const CUtensorMap &xmap0, mw_gemm g1,
+                            const CUtensorMap &wmap1, const CUtensorMap &xmap1, int *done, cudaStream_t stream) {
+    const bool split = g0.a.x_lo_rows > 0;
+    for (mw_gemm *g : {&g0, &g1}) {
+        if (!g->p.E) continue; /* no second GEMM */
+        g->p.nkb = (g->a.K + MW_BK - 1) / MW_BK;
+        g->p.per_slice = (g->p.nkb + g->p.slices - 1) / g->p.slices;
+    }
     int dev = 0, sms = 0, optin = 0;
     cudaError_t e = cudaGetDevice(&dev);
     if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
     if (e == cudaSuccess) e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
     if (e != cudaSuccess) return e;
-    const int static_bytes = 2 * MW_MAX_STAGES * 8 + 65 * 4;
-    const int stage_bytes = mw_box_bytes(p.np, split), room = optin - static_bytes - 1024;
+    const int static_bytes = 2 * MW_MAX_STAGES * 8 + 2 * 65 * 4;
+    const int stage_bytes = mw_box_bytes(g0.p.np, split), room = optin - static_bytes - 1024;
     const int stages = min(MW_MAX_STAGES, room / stage_bytes);
     if (stages < 2) return cudaErrorNotSupported;
     const int smem = stages * stage_bytes + 1024; /* + the alignment of the ring to 1024 bytes */
     e = cudaFuncSetAttribute(moe_wgmma_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e != cudaSuccess) return e;
-    return bmc_launch(moe_wgmma_kernel<T>, dim3(sms), dim3(MW_THREADS), smem, stream, a->pdl, *a, wmap, xmap, p,
-                      stages);
+    return bmc_launch(moe_wgmma_kernel<T>, dim3(sms), dim3(MW_THREADS), smem, stream, g0.a.pdl, g0, wmap0, xmap0, g1,
+                      wmap1, xmap1, done, stages);
 }
 
-template <typename T> static cudaError_t mw_launch(const bmc_moe_gemm_args *a, cudaStream_t stream) {
+/* g's plan and tensor maps for its arguments; cudaErrorNotSupported where
+ * this path cannot take them. */
+template <typename T> static cudaError_t mw_prepare(const bmc_moe_gemm_args *a, mw_gemm *g, CUtensorMap *wmap,
+                                                    CUtensorMap *xmap) {
     const bool gated = a->mode == BMC_MOE_GATED, split = a->x_lo_rows > 0;
     const int E = a->expert_start ? a->E : 1;
     if (!bmc_moe_sm90_ready() || a->K % 8 || (gated && a->N % 8) || ((uintptr_t)a->W & 15) || a->expert_stride % 8 ||
@@ -439,18 +496,17 @@ template <typename T> static cudaError_t mw_launch(const bmc_moe_gemm_args *a, c
         return cudaErrorNotSupported;
     const CUtensorMapDataType dt = mw_dtype<T>::value;
     const cuuint64_t row = (cuuint64_t)a->K * 2, expert = (cuuint64_t)a->expert_stride * 2;
-    CUtensorMap wmap, xmap;
     CUresult r;
     if (gated) { /* (k, row of 8, value/gate, group of 8 features, expert) */
         const cuuint64_t dims[5] = {(cuuint64_t)a->K, 8, 2, (cuuint64_t)a->N / 8, (cuuint64_t)E};
         const cuuint64_t strides[4] = {row, (cuuint64_t)a->N * row, 8 * row, expert};
         const cuuint32_t box[5] = {MW_BK, 8, 2, MW_BM / 16, 1};
-        r = mw_encode(&wmap, dt, 5, a->W, dims, strides, box);
+        r = mw_encode(wmap, dt, 5, a->W, dims, strides, box);
     } else { /* (k, row, expert) */
         const cuuint64_t dims[3] = {(cuuint64_t)a->K, (cuuint64_t)a->N, (cuuint64_t)E};
         const cuuint64_t strides[2] = {row, expert};
         const cuuint32_t box[3] = {MW_BK, MW_BM, 1};
-        r = mw_encode(&wmap, dt, 3, a->W, dims, strides, box);
+        r = mw_encode(wmap, dt, 3, a->W, dims, strides, box);
     }
     static const int debug = [] {
         const char *v = getenv("BM_CUDA_MOE_SM90_DEBUG");
@@ -460,9 +516,11 @@ template <typename T> static cudaError_t mw_launch(const bmc_moe_gemm_args *a, c
         const cuuint64_t dims[2] = {MW_BK, (cuuint64_t)E * (cuuint64_t)a->expert_stride / MW_BK};
         const cuuint64_t strides[1] = {MW_BK * 2};
         const cuuint32_t box[2] = {MW_BK, MW_BM};
-        r = mw_encode(&wmap, dt, 2, a->W, dims, strides, box);
+        r = mw_encode(wmap, dt, 2, a->W, dims, strides, box);
     }
-    mw_plan p;
+    memset(g, 0, sizeof *g);
+    g->a = *a;
+    mw_plan &p = g->p;
     p.E = E;
     p.mtiles = gated ? (a->N + MW_BM / 2 - 1) / (MW_BM / 2) : (a->N + MW_BM - 1) / MW_BM;
     p.slices = a->mode == BMC_MOE_PARTIAL ? (a->k_split > 0 ? a->k_split : 1) : 1;
@@ -475,12 +533,42 @@ template <typename T> static cudaError_t mw_launch(const bmc_moe_gemm_args *a, c
         const cuuint64_t dims[2] = {(cuuint64_t)a->K, (cuuint64_t)(split ? a->x_lo_rows * 2 : a->max_rows)};
         const cuuint64_t strides[1] = {(cuuint64_t)a->ldx * 2};
         const cuuint32_t box[2] = {MW_BK, (cuuint32_t)p.box_rows};
-        r = mw_encode(&xmap, dt, 2, a->X, dims, strides, box);
+        r = mw_encode(xmap, dt, 2, a->X, dims, strides, box);
     }
-    if (r != CUDA_SUCCESS) return cudaErrorNotSupported;
-    return mw_start<T>(a, wmap, xmap, p, stream);
+    return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorNotSupported;
+}
+
+template <typename T> static cudaError_t mw_launch(const bmc_moe_gemm_args *a, cudaStream_t stream) {
+    mw_gemm g0, none;
+    CUtensorMap wmap, xmap;
+    const cudaError_t e = mw_prepare<T>(a, &g0, &wmap, &xmap);
+    if (e != cudaSuccess) return e;
+    memset(&none, 0, sizeof none);
+    return mw_start<T>(g0, wmap, xmap, none, wmap, xmap, nullptr, stream);
+}
+
+template <typename T>
+static cudaError_t mw_chain(const bmc_moe_gemm_args *fc1, const bmc_moe_gemm_args *fc2, int *done,
+                            cudaStream_t stream) {
+    mw_gemm g0, g1;
+    CUtensorMap wmap0, xmap0, wmap1, xmap1;
+    cudaError_t e = mw_prepare<T>(fc1, &g0, &wmap0, &xmap0);
+    if (e == cudaSuccess) e = mw_prepare<T>(fc2, &g1, &wmap1, &xmap1);
+    if (e != cudaSuccess) return e;
+    if (g0.p.np != g1.p.np) return cudaErrorNotSupported; /* one ring of one stage size */
+    return mw_start<T>(g0, wmap0, xmap0, g1, wmap1, xmap1, done, stream);
 }
 
 cudaError_t bmc_moe_gemm_sm90(const bmc_moe_gemm_args *a, int wtype, cudaStream_t stream) {
     return wtype == BMC_F16 ? mw_launch<__half>(a, stream) : mw_launch<__nv_bfloat16>(a, stream);
+}
+
+cudaError_t bmc_moe_chain_sm90(const bmc_moe_gemm_args *fc1, const bmc_moe_gemm_args *fc2, int *done, int wtype,
+                               cudaStream_t stream) {
+    if (!done || fc1->mode == BMC_MOE_PARTIAL || fc1->mode == BMC_MOE_SCATTER || !fc1->expert_start ||
+        fc1->expert_start != fc2->expert_start || fc1->E != fc2->E || fc1->E < 2 || fc1->max_rows != fc2->max_rows ||
+        fc2->X != fc1->y || fc2->ldx != fc1->ldy || fc2->K != fc1->N || fc2->x_lo_rows != fc1->y_lo_rows)
+        return cudaErrorNotSupported;
+    if (fc1->max_rows <= 0 || fc1->N <= 0 || fc2->N <= 0) return cudaSuccess;
+    return wtype == BMC_F16 ? mw_chain<__half>(fc1, fc2, done, stream) : mw_chain<__nv_bfloat16>(fc1, fc2, done, stream);
 }

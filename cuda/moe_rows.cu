@@ -97,6 +97,8 @@ template <typename V> __global__ void __launch_bounds__(GROUP_THREADS) group_row
     /* PDL: the live count, the experts and the rows come from the norm before
      * (nothing here reads weights: nothing to start before the wait) */
     bmc_grid_wait();
+    if (t == 0 && a.zero)
+        for (int e = threadIdx.x; e < a.n_zero; e += GROUP_THREADS) a.zero[e] = 0;
     row_copy<V> row{a.dst ? (const V *)a.src + (size_t)t * w : nullptr, w, a.dst ? a.planes * w : 0,
                     (size_t)a.plane_rows * w};
     row.load(); /* where it goes comes after; the loads are in flight meanwhile */

@@ -6,7 +6,9 @@
  * kernels (ring, direct); then its time on the
  * 2.8B expert shapes at 16 to 1024 rows over 8 experts, spread evenly and
  * routed at random, with the bandwidth of the bytes it must read (each
- * expert's weights once). */
+ * expert's weights once). And fc1 -> fc2 chained in one launch
+ * (bmc_moe_chain_sm90) against the two launches: the same bits, and the
+ * time of each. */
 #include "dev.cuh"
 
 static double gelu(double x) { return 0.5 * x * (1 + erf(x / sqrt(2.0))); }
@@ -218,6 +220,86 @@ static void check_case(int E, int rows, int K, int N, const int *counts, int spl
  * 16x128 tiles, the ring and the direct streaming kernels and each one's
  * weight stream alone, nothing else: a short program for a profiler
  * (ncu -k regex:moe_). */
+/* fc1 (gated, f32 inputs in halves, 16-bit halves out) then fc2 (K split
+ * in `split` PARTIAL slices) in one chained launch (bmc_moe_chain_sm90)
+ * against the two launches of the same kernel: the same bits in both
+ * outputs (fc1's as well as fc2's: the chain changes the schedule, not the
+ * arithmetic), and again with the counters zeroed for a second launch.
+ * Random weights and inputs; `counts` rows per expert. With `timed`, the
+ * time of both ways (launches queued back to back). */
+static void chain_case(int E, int rows, int d, int F, const int *counts, int split, bool timed) {
+    const size_t w1n = (size_t)E * 2 * F * d, w2n = (size_t)E * d * F;
+    uint16_t *w1h = (uint16_t *)malloc(w1n * 2), *w2h = (uint16_t *)malloc(w2n * 2);
+    uint16_t *xh = (uint16_t *)malloc((size_t)2 * rows * d * 2);
+    for (size_t i = 0; i < w1n; i++) w1h[i] = dev_bf16((float)(0.05 * dev_uniform()));
+    for (size_t i = 0; i < w2n; i++) w2h[i] = dev_bf16((float)(0.05 * dev_uniform()));
+    for (size_t i = 0; i < (size_t)rows * d; i++) { /* hi, then lo rows */
+        const float v = (float)dev_uniform();
+        xh[i] = dev_bf16(v);
+        xh[(size_t)rows * d + i] = dev_bf16(v - dev_from_bf16(xh[i]));
+    }
+    int start[65];
+    start[0] = 0;
+    for (int e = 0; e < E; e++) start[e + 1] = start[e] + counts[e];
+    uint16_t *d_w1 = dev_upload(w1h, w1n), *d_w2 = dev_upload(w2h, w2n), *d_x = dev_upload(xh, (size_t)2 * rows * d);
+    int *d_start = dev_upload(start, E + 1), *d_done = nullptr;
+    DEV_CUDA(cudaMalloc(&d_done, E * sizeof(int)));
+    const size_t mn = (size_t)2 * rows * F, yn = (size_t)split * rows * d;
+    uint16_t *d_m[2] = {dev_alloc_poisoned<uint16_t>(mn), dev_alloc_poisoned<uint16_t>(mn)};
+    float *d_y[2] = {dev_alloc_poisoned<float>(yn), dev_alloc_poisoned<float>(yn)};
+    bmc_moe_gemm_args a1[2], a2[2];
+    for (int k = 0; k < 2; k++) {
+        memset(&a1[k], 0, sizeof a1[k]);
+        a1[k].mode = BMC_MOE_GATED; a1[k].N = F; a1[k].K = d; a1[k].E = E; a1[k].max_rows = rows;
+        a1[k].X = d_x; a1[k].ldx = d; a1[k].x_lo_rows = a1[k].y_lo_rows = rows; a1[k].W = d_w1;
+        a1[k].expert_stride = (long long)2 * F * d; a1[k].expert_start = d_start; a1[k].y = d_m[k]; a1[k].ldy = F;
+        a1[k].variant = 14;
+        memset(&a2[k], 0, sizeof a2[k]);
+        a2[k].mode = BMC_MOE_PARTIAL; a2[k].k_split = split; a2[k].N = d; a2[k].K = F; a2[k].E = E;
+        a2[k].max_rows = rows; a2[k].X = d_m[k]; a2[k].ldx = F; a2[k].x_lo_rows = rows; a2[k].W = d_w2;
+        a2[k].expert_stride = (long long)d * F; a2[k].expert_start = d_start; a2[k].y = d_y[k]; a2[k].ldy = d;
+        a2[k].variant = 14;
+    }
+    DEV_CUDA(bmc_moe_gemm(&a1[0], BMC_BF16, 0));
+    DEV_CUDA(bmc_moe_gemm(&a2[0], BMC_BF16, 0));
+    uint16_t *m0 = (uint16_t *)malloc(mn * 2), *m1 = (uint16_t *)malloc(mn * 2);
+    float *y0 = (float *)malloc(yn * 4), *y1 = (float *)malloc(yn * 4);
+    dev_download(m0, d_m[0], mn);
+    dev_download(y0, d_y[0], yn);
+    for (int run = 0; run < 2; run++) {
+        DEV_CUDA(cudaMemset(d_m[1], 0xff, mn * 2));
+        DEV_CUDA(cudaMemset(d_y[1], 0xff, yn * 4));
+        DEV_CUDA(cudaMemset(d_done, 0, E * sizeof(int)));
+        DEV_CUDA(bmc_moe_chain_sm90(&a1[1], &a2[1], d_done, BMC_BF16, 0));
+        DEV_CUDA(cudaDeviceSynchronize());
+        dev_download(m1, d_m[1], mn);
+        dev_download(y1, d_y[1], yn);
+        DEV_CHECK(memcmp(m0, m1, mn * 2) == 0, "E %d rows %d: chained fc1 output differs from fc1 alone (run %d)", E,
+                  rows, run);
+        DEV_CHECK(memcmp(y0, y1, yn * 4) == 0, "E %d rows %d: chained fc2 output differs from fc2 alone (run %d)", E,
+                  rows, run);
+    }
+    if (timed) {
+        const double t_two = dev_time_loop_us(15, 10, [&](int) {
+            DEV_CUDA(bmc_moe_gemm(&a1[0], BMC_BF16, 0));
+            DEV_CUDA(bmc_moe_gemm(&a2[0], BMC_BF16, 0));
+        });
+        const double t_chain = dev_time_loop_us(15, 10, [&](int) {
+            DEV_CUDA(cudaMemsetAsync(d_done, 0, E * sizeof(int)));
+            DEV_CUDA(bmc_moe_chain_sm90(&a1[1], &a2[1], d_done, BMC_BF16, 0));
+        });
+        const double t_zero = dev_time_loop_us(15, 10, [&](int) { DEV_CUDA(cudaMemsetAsync(d_done, 0, E * sizeof(int))); });
+        const double bytes = (w1n + w2n) * 2.0;
+        printf("  fc1 + fc2 (K in %d slices), %d rows over %d experts: two launches %.1f us (%.0f GB/s), chained %.1f us"
+               " (%.0f GB/s; %.1f us of it the counters' memset)\n",
+               split, rows, E, t_two, bytes / (t_two * 1e3), t_chain - t_zero, bytes / ((t_chain - t_zero) * 1e3),
+               t_zero);
+    }
+    free(w1h); free(w2h); free(xh); free(m0); free(m1); free(y0); free(y1);
+    cudaFree(d_w1); cudaFree(d_w2); cudaFree(d_x); cudaFree(d_start); cudaFree(d_done);
+    for (int k = 0; k < 2; k++) cudaFree(d_m[k]), cudaFree(d_y[k]);
+}
+
 static int profile_once(void) {
     const int d = 1472, F = 3872, E = 8, rows = 64;
     const size_t w1n = (size_t)E * 2 * F * d;
@@ -277,6 +359,18 @@ int main(void) {
     check_case(8, 64, 1472, 3872, counts3, 1);
     const int counts4[8] = {40, 35, 150, 20, 25, 0, 18, 12}; /* 300 rows: one expert needs several wgmma passes */
     check_case(8, 300, 1472, 3872, counts4, 1);
+    if (bmc_moe_sm90_ready()) { /* the chained fc1 -> fc2 launch */
+        const int skew[2] = {63, 1}; /* fc1's units fewer than the SMs: fc2's start at once and must wait */
+        chain_case(2, 64, 1472, 3872, skew, 4, false);
+        chain_case(5, 151, 136, 200, counts1, 2, false); /* an empty expert, several passes */
+        chain_case(8, 64, 1472, 3872, counts3, 4, true);
+        chain_case(8, 300, 1472, 3872, counts4, 4, true);
+        int even[8];
+        for (int e = 0; e < 8; e++) even[e] = 32;
+        chain_case(8, 256, 1472, 3872, even, 4, true);
+        for (int e = 0; e < 8; e++) even[e] = 128;
+        chain_case(8, 1024, 1472, 3872, even, 2, true);
+    }
 
     /* timing: the 2.8B expert shapes */
     const int d = 1472, F = 3872, E = 8;
