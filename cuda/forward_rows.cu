@@ -89,6 +89,11 @@ void bmc_rows_release(cuda_session *cs) {
 
 /* Buffers for `rows` rows; a larger bucket reallocates (and drops the graphs,
  * whose pointers then die). */
+/* fc2's K slices for a step of `rows` (the experts of the widest MoE layer) */
+static int fc2_split(const cuda_model *cm, const bmi_config *c, int rows) {
+    return cm->max_experts >= 2 ? bmc_moe_mlp_split(rows, cm->max_experts, c->d_model, c->ffn_hidden, c->swiglu) : 1;
+}
+
 static bm_status reserve_rows(cuda_session *cs, const bm_model *m, int rows) {
     rows_scratch *rs = &cs->rs;
     const cuda_model *cm = model_ctx(m);
@@ -121,7 +126,10 @@ static bm_status reserve_rows(cuda_session *cs, const bm_model *m, int rows) {
     const size_t starts = (size_t)c->n_layers * (size_t)(cm->max_experts + 1);
     (void)g;
     size_t part_rows = 0; /* fc2's K slices x rows, the most of any batch this scratch serves */
-    for (int r = 1; r <= rows; r++) part_rows = std::max(part_rows, (size_t)bmc_moe_fc2_split(r) * (size_t)r);
+    for (int b = 0; b <= BMC_ROW_BUCKETS; b++) { /* the buckets this scratch serves (a step runs one) */
+        const int r = b < BMC_ROW_BUCKETS ? bmc_row_buckets[b] : rows;
+        if (r <= rows) part_rows = std::max(part_rows, (size_t)fc2_split(cm, c, r) * (size_t)r);
+    }
     /* the GEMM inputs and outputs hold 2B rows: the hi and lo halves */
     size_t sizes[] = {
         B * 4, B * 4, B * 8, 16, B * 8,                         /* tokens, sampled, state_ptrs, n, u */
@@ -381,7 +389,7 @@ static bm_status enqueue_rows(cuda_session *cs, const bm_model *m, int B, int he
             /* fc2 has few output features and long rows: an MoE layer splits K
              * (more blocks streaming the experts) into partial sums that the
              * scatter adds in order; a dense MLP scatters directly */
-            const int split = E >= 2 ? bmc_moe_fc2_split(B) : 1;
+            const int split = E >= 2 ? fc2_split(cm, c, B) : 1;
             ma2.mode = split > 1 ? BMC_MOE_PARTIAL : BMC_MOE_SCATTER;
             ma2.k_split = split;
             ma2.N = d;

@@ -422,6 +422,14 @@ int bmc_moe_sm90_ready(void);
  * path and chain, unless BM_CUDA_MOE_CHAIN=0; else two launches. */
 cudaError_t bmc_moe_mlp(const bmc_moe_gemm_args *fc1, const bmc_moe_gemm_args *fc2, int *done, int wtype,
                         cudaStream_t stream);
+/* The K slices for fc2 chained after fc1 over `sms` blocks (gated fc1 of
+ * F features from d, fc2 back to d): the split (1 .. 8) whose units, dealt
+ * round robin for an even routing, leave the fullest block the fewest
+ * weight bytes, with a small cost per slice. */
+int bmc_moe_chain_split(int rows, int E, int d, int F, int gated, int sms);
+/* The K slices for fc2 after fc1 in bmc_moe_mlp: bmc_moe_chain_split where
+ * the two chain, else bmc_moe_fc2_split (BM_CUDA_FC2_SPLIT=n forces n). */
+int bmc_moe_mlp_split(int rows, int E, int d, int F, int gated);
 /* The K slices (PARTIAL) in which the decode row path runs fc2 for `rows`
  * rows: enough units of work for every SM; never more than 8. */
 int bmc_moe_fc2_split(int rows);

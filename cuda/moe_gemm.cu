@@ -701,19 +701,42 @@ cudaError_t bmc_moe_gemm(const bmc_moe_gemm_args *a, int wtype, cudaStream_t str
     return wtype == BMC_F16 ? mg_dispatch<__half>(a, stream) : mg_dispatch<__nv_bfloat16>(a, stream);
 }
 
-cudaError_t bmc_moe_mlp(const bmc_moe_gemm_args *fc1, const bmc_moe_gemm_args *fc2, int *done, int wtype,
-                        cudaStream_t stream) {
+/* BM_CUDA_MOE_CHAIN=0: fc1 and fc2 in two launches (measurement) */
+static bool moe_chain_enabled(void) {
     static const int chain = [] {
         const char *v = getenv("BM_CUDA_MOE_CHAIN");
         return v && *v ? atoi(v) : 1;
     }();
-    if (chain && done && fc1->variant == 0 && fc2->variant == 0 && sm90_wanted(fc1) && sm90_wanted(fc2)) {
+    return chain != 0;
+}
+
+cudaError_t bmc_moe_mlp(const bmc_moe_gemm_args *fc1, const bmc_moe_gemm_args *fc2, int *done, int wtype,
+                        cudaStream_t stream) {
+    if (moe_chain_enabled() && done && fc1->variant == 0 && fc2->variant == 0 && sm90_wanted(fc1) && sm90_wanted(fc2)) {
         const cudaError_t e = bmc_moe_chain_sm90(fc1, fc2, done, wtype, stream);
         if (e != cudaErrorNotSupported) return e;
         cudaGetLastError(); /* these two do not chain: one launch each */
     }
     const cudaError_t e = bmc_moe_gemm(fc1, wtype, stream);
     return e != cudaSuccess ? e : bmc_moe_gemm(fc2, wtype, stream);
+}
+
+int bmc_moe_mlp_split(int rows, int E, int d, int F, int gated) {
+    static const int forced = [] { /* measurement switch: BM_CUDA_FC2_SPLIT=n */
+        const char *v = getenv("BM_CUDA_FC2_SPLIT");
+        return v && atoi(v) >= 1 && atoi(v) <= 8 ? atoi(v) : 0;
+    }();
+    if (forced) return forced;
+    bmc_moe_gemm_args a; /* fc1's shape, for the kernel choice */
+    memset(&a, 0, sizeof a);
+    a.max_rows = rows;
+    a.E = E;
+    a.expert_start = &a.E; /* only "there is a routing" */
+    int dev = 0, sms = 0;
+    if (moe_chain_enabled() && E >= 2 && sm90_wanted(&a) && cudaGetDevice(&dev) == cudaSuccess &&
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess && sms > 0)
+        return bmc_moe_chain_split(rows, E, d, F, gated, sms);
+    return bmc_moe_fc2_split(rows);
 }
 
 int bmc_moe_fc2_split(int rows) {

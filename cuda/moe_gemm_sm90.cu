@@ -572,3 +572,50 @@ cudaError_t bmc_moe_chain_sm90(const bmc_moe_gemm_args *fc1, const bmc_moe_gemm_
     if (fc1->max_rows <= 0 || fc1->N <= 0 || fc2->N <= 0) return cudaSuccess;
     return wtype == BMC_F16 ? mw_chain<__half>(fc1, fc2, done, stream) : mw_chain<__nv_bfloat16>(fc1, fc2, done, stream);
 }
+
+/* The blocks' weight bytes under the round robin, for fc2 in `split` K
+ * slices chained after fc1, if every expert gets rows / E rows; the most any
+ * block reads. */
+static double mw_chain_max_block_bytes(int rows, int E, int d, int F, bool gated, int split, int sms) {
+    const int np = [&] {
+        bmc_moe_gemm_args a;
+        memset(&a, 0, sizeof a);
+        a.max_rows = rows;
+        a.E = E;
+        a.expert_start = reinterpret_cast<const int *>(&a); /* only "there is a routing" */
+        return mw_pass_rows(&a);
+    }();
+    const int passes = ((rows + E - 1) / E + np - 1) / np;
+    const int feats1 = gated ? MW_BM / 2 : MW_BM, mt1 = (F + feats1 - 1) / feats1, mt2 = (d + MW_BM - 1) / MW_BM;
+    const int nkb = (F + MW_BK - 1) / MW_BK, per = (nkb + split - 1) / split;
+    double most = 0;
+    for (int b = 0; b < sms; b++) {
+        double bytes = 0;
+        for (long long u = b; u < (long long)E * passes * (mt1 + mt2 * split); u += sms) {
+            const long long per_expert1 = (long long)passes * mt1, all1 = E * per_expert1;
+            if (u < all1) { /* fc1: a unit's feature rows (value and gate) over all of d */
+                const int m = (int)(u % mt1);
+                bytes += (double)(gated ? 2 : 1) * std::min(feats1, F - m * feats1) * d * 2;
+            } else { /* fc2: a unit's output rows over its K slice */
+                const long long v = (u - all1) % ((long long)passes * split * mt2);
+                const int m = (int)(v % mt2), slice = (int)(v / mt2 % split);
+                const int k0 = slice * per * MW_BK, k1 = std::min(F, (slice + 1) * per * MW_BK);
+                bytes += (double)std::min(MW_BM, d - m * MW_BM) * std::max(0, k1 - k0) * 2;
+            }
+        }
+        most = std::max(most, bytes);
+    }
+    return most;
+}
+
+int bmc_moe_chain_split(int rows, int E, int d, int F, int gated, int sms) {
+    int best = 1;
+    double best_cost = 0;
+    for (int s = 1; s <= 8; s++) {
+        /* each slice more costs its units' pipeline starts and the next norm
+         * another partial row: 2% a slice, fitted to the H100's 2.8B step */
+        const double cost = mw_chain_max_block_bytes(rows, E, d, F, gated != 0, s, sms) * (1 + 0.02 * s);
+        if (s == 1 || cost < best_cost) best = s, best_cost = cost;
+    }
+    return best;
+}
