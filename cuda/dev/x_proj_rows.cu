@@ -167,21 +167,30 @@ static void run_case(const xp_case &c) {
 /* Time per launch at the 2.8B width: the kernel (its own choice, then every
  * variant that runs here) and the cuBLASLt path it replaced (GEMM over the 2B rows of the
  * 16-bit halves, split-K as the heuristic likes, then the fold). */
-static void time_rows(int rows, cublasLtHandle_t lt, bmc_gemm_cache *cache, void *ws) {
-    const int K = 2944, n = 124, ldu = 2 * K;
-    float *xz = (float *)malloc((size_t)rows * ldu * 4), *wf = (float *)malloc((size_t)n * K * 4);
-    uint16_t *w16 = (uint16_t *)malloc((size_t)n * K * 2), *u16 = (uint16_t *)malloc((size_t)2 * rows * K * 2);
+/* Time per launch of K -> n at `rows`, the kernel (its own choice, then
+ * every variant that runs here) and the cuBLASLt path it replaced (GEMM over
+ * the 2B rows of the 16-bit halves, split-K as the heuristic likes, then the
+ * fold). `copies` weight matrices are used in turn, so that above 1 the
+ * weights come from DRAM as in a step (which reads each once). */
+static void time_rows(int rows, int K, int n, int copies, const char *what_shape, cublasLtHandle_t lt,
+                      bmc_gemm_cache *cache, void *ws) {
+    const int ldu = 2 * K;
+    const size_t wn = (size_t)n * K;
+    float *xz = (float *)malloc((size_t)rows * ldu * 4), *wf = (float *)malloc(wn * 4);
+    uint16_t *w16 = (uint16_t *)malloc(wn * 2), *u16 = (uint16_t *)malloc((size_t)2 * rows * K * 2);
     dev_fill(xz, (size_t)rows * ldu, 1.0, 0.0);
-    dev_fill(wf, (size_t)n * K, 0.1, 0.0);
-    for (size_t i = 0; i < (size_t)n * K; i++) w16[i] = dev_bf16(wf[i]);
+    dev_fill(wf, wn, 0.1, 0.0);
+    for (size_t i = 0; i < wn; i++) w16[i] = dev_bf16(wf[i]);
     halves(xz, ldu, rows, K, BMC_BF16, u16);
     float *d_xz = dev_upload(xz, (size_t)rows * ldu);
-    uint16_t *d_w = dev_upload(w16, (size_t)n * K), *d_u16 = dev_upload(u16, (size_t)2 * rows * K);
+    uint16_t *d_w = nullptr, *d_u16 = dev_upload(u16, (size_t)2 * rows * K);
+    DEV_CUDA(cudaMalloc(&d_w, wn * 2 * copies));
+    for (int i = 0; i < copies; i++) DEV_CUDA(cudaMemcpy(d_w + wn * i, w16, wn * 2, cudaMemcpyHostToDevice));
     float *d_y = dev_alloc_poisoned<float>((size_t)2 * rows * n);
     const double bytes = (double)n * K * 2 + (double)rows * K * 4 + (double)rows * n * 4;
     const double fmas = (double)rows * n * K;
-    printf("rows %4d, K %d, %d outputs: %.2f MB to move (weights, u, xdbl), %.0f M FMAs\n", rows, K, n, bytes / 1e6,
-           fmas / 1e6);
+    printf("%s: rows %4d, K %d, %d outputs, weights %s: %.2f MB to move (weights, u, y), %.0f M FMAs\n", what_shape,
+           rows, K, n, copies > 1 ? "from DRAM" : "from L2", bytes / 1e6, fmas / 1e6);
     for (int v = 0; v <= BMC_X_PROJ_VARIANTS; v++) {
         char label[40];
         variant_label(label, sizeof label, v, rows, BMC_BF16);
@@ -189,15 +198,15 @@ static void time_rows(int rows, cublasLtHandle_t lt, bmc_gemm_cache *cache, void
             printf("  x_proj_rows, %-24s not on this GPU\n", label);
             continue;
         }
-        const double us = dev_time_loop_us(50, 20, [&](int) {
-            bmc_x_proj_rows(d_xz, ldu, rows, K, d_w, BMC_BF16, n, d_y, n, v, 0, 0);
+        const double us = dev_time_loop_us(50, 20, [&](int i) {
+            bmc_x_proj_rows(d_xz, ldu, rows, K, d_w + wn * (i % copies), BMC_BF16, n, d_y, n, v, 0, 0);
         });
         printf("  x_proj_rows, %-24s %7.2f us  %6.0f GB/s  %6.2f TFMA/s\n", label, us, bytes / (us * 1e3),
                fmas / (us * 1e6));
     }
     const char *what = "";
-    bmc_gemm_args g = {2 * rows, n, K, d_u16, K, BMC_BF16, d_w, K, d_y, n, BMC_GEMM_OUT_F32};
-    const double us = dev_time_loop_us(50, 20, [&](int) {
+    const double us = dev_time_loop_us(50, 20, [&](int i) {
+        bmc_gemm_args g = {2 * rows, n, K, d_u16, K, BMC_BF16, d_w + wn * (i % copies), K, d_y, n, BMC_GEMM_OUT_F32};
         bmc_gemm(lt, cache, ws, 32u << 20, &g, 0, &what);
         bmc_fold_rows(d_y, rows, n, n, rows, NULL, 0, 0);
     });
@@ -226,9 +235,9 @@ int main(void) {
     bmc_gemm_cache *cache = bmc_gemm_cache_new();
     void *ws = NULL;
     DEV_CUDA(cudaMalloc(&ws, 32u << 20));
-    time_rows(64, lt, cache, ws);
-    time_rows(256, lt, cache, ws);
-    time_rows(1024, lt, cache, ws);
+    for (int rows : {64, 256, 1024}) time_rows(rows, 2944, 124, 1, "x_proj", lt, cache, ws);
+    /* out_proj's shape (2.8B), the weights from DRAM: would this kernel take it? */
+    for (int rows : {64, 256}) time_rows(rows, 2944, 1472, 24, "out_proj", lt, cache, ws);
     bmc_gemm_cache_free(cache);
     cudaFree(ws);
     cublasLtDestroy(lt);
